@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class BillingConfig(AppConfig):
+    """The ledger, credit grants and Stripe top-ups: the only app that moves money."""
+
+    name = "billing"
+    verbose_name = "Billing"

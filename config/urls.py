@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core import views as core_views
+
+urlpatterns = [
+    path("", core_views.landing, name="landing"),
+    path("health", core_views.health, name="health"),
+    path("ready", core_views.ready, name="ready"),
+    path("accounts/", include("allauth.urls")),
+    path("app/", include("accounts.urls")),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("api/v1/", include("accounts.api_urls")),
+]
+
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class MeteringConfig(AppConfig):
+    """Services, tiered prices, jobs, reservations, usage and charging."""
+
+    name = "metering"
+    verbose_name = "Metering"
