@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from accounts import services
+from accounts.models import Lab, Membership, Project, Scope, ServiceToken, User
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "name", "is_staff", "is_active", "date_joined"]
+    list_filter = ["is_staff", "is_superuser", "is_active"]
+    search_fields = ["email", "name", "uuid"]
+    readonly_fields = ["uuid", "date_joined", "last_login"]
+    fieldsets = [
+        (None, {"fields": ["email", "password", "uuid"]}),
+        ("Profile", {"fields": ["name"]}),
+        (
+            "Permissions",
+            {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]},
+        ),
+        ("Dates", {"fields": ["last_login", "date_joined"]}),
+    ]
+    add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            services.personal_lab_create(user=obj)
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class ProjectInline(admin.TabularInline):
+    model = Project
+    extra = 0
+    fields = ["name", "uuid", "created_at"]
+    readonly_fields = ["uuid", "created_at"]
+    show_change_link = True
+
+
+@admin.register(Lab)
+class LabAdmin(admin.ModelAdmin):
+    list_display = ["name", "uuid", "personal_for", "created_at"]
+    list_filter = [("personal_for", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["name", "uuid", "memberships__user__email"]
+    readonly_fields = ["uuid", "created_at", "updated_at"]
+    autocomplete_fields = ["personal_for"]
+    inlines = [MembershipInline, ProjectInline]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "lab", "uuid", "created_at"]
+    list_filter = ["created_at"]
+    search_fields = ["name", "uuid", "lab__name", "lab__uuid"]
+    readonly_fields = ["uuid", "created_at", "updated_at"]
+    autocomplete_fields = ["lab"]
+    list_select_related = ["lab"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "lab", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "lab__name", "lab__uuid"]
+    autocomplete_fields = ["user", "lab"]
+    list_select_related = ["user", "lab"]
+
+
+class ServiceTokenForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ServiceToken
+        fields = ["name", "scopes", "lab"]
+
+
+@admin.register(ServiceToken)
+class ServiceTokenAdmin(admin.ModelAdmin):
+    form = ServiceTokenForm
+    list_display = ["name", "token_prefix", "scope_list", "lab", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), ("lab", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "lookup_id", "lab__name"]
+    readonly_fields = [
+        "uuid", "lookup_id", "created_by", "last_used_at", "revoked_at", "created_at",
+    ]  # fmt: skip
+    autocomplete_fields = ["lab"]
+    actions = ["revoke"]
+
+    @admin.display(description="Token")
+    def token_prefix(self, obj: ServiceToken) -> str:
+        return f"{ServiceToken.PREFIX}{obj.lookup_id}_…"
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj: ServiceToken) -> str:
+        return ", ".join(obj.scopes)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ServiceToken | None = None) -> Any:
+        # A token's powers are fixed once issued: revoke it and issue another instead.
+        fixed = ["scopes", "lab"] if obj is not None else []
+        return [*self.readonly_fields, *fixed]
+
+    def save_model(self, request: HttpRequest, obj: ServiceToken, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, plain = services.service_token_create(
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            lab=form.cleaned_data["lab"],
+            created_by=request.user,  # type: ignore[arg-type]
+        )
+        obj.pk = token.pk
+        obj.refresh_from_db()
+        self.message_user(
+            request,
+            format_html(
+                "Service token created. Copy it now, it will not be shown again: <code>{}</code>",
+                plain,
+            ),
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ServiceToken]) -> None:
+        for token in queryset:
+            services.service_token_revoke(token=token)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).")

@@ -1,0 +1,56 @@
+"""DRF authentication for service tokens: `Authorization: Bearer st_<lookup>_<secret>`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from accounts.models import ServiceToken
+from core.secrets import secret_matches
+
+# last_used_at is written at most this often per token, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def service_token_authenticate(raw: str) -> ServiceToken | None:
+    """The active token for a presented string, or None. Constant-time secret comparison."""
+    if not raw.startswith(ServiceToken.PREFIX):
+        return None
+    lookup_id, sep, secret = raw.removeprefix(ServiceToken.PREFIX).partition("_")
+    if not sep or not lookup_id or not secret:
+        return None
+    token = ServiceToken.objects.select_related("lab").filter(lookup_id=lookup_id).first()
+    if token is None or not secret_matches(secret, token.secret_hash) or not token.is_active:
+        return None
+    now = timezone.now()
+    ServiceToken.objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION),
+        pk=token.pk,
+    ).update(last_used_at=now)
+    return token
+
+
+class ServiceTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[ServiceToken, ServiceToken] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        keyword, _, raw = header.strip().partition(" ")
+        if keyword.lower() != self.keyword.lower():
+            return None
+        raw = raw.strip()
+        if not raw or " " in raw:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.")
+        token = service_token_authenticate(raw)
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked service token.")
+        return token, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword

@@ -1,0 +1,54 @@
+"""Reads of labs and projects, always through the acting principal: a person or a token."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+
+from django.db.models import QuerySet
+
+from accounts.errors import LabNotFoundError, ProjectNotFoundError
+from accounts.models import Lab, Membership, Project, Role, ServiceToken, User
+
+Actor = User | ServiceToken
+
+
+def lab_list(*, actor: Actor) -> QuerySet[Lab]:
+    labs = Lab.objects.all()
+    if isinstance(actor, ServiceToken):
+        return labs if actor.lab_id is None else labs.filter(pk=actor.lab_id)
+    if actor.is_authenticated and actor.is_active:
+        return labs.filter(memberships__user=actor)
+    return labs.none()
+
+
+def lab_get(*, actor: Actor, lab_uuid: uuid_lib.UUID | str) -> Lab:
+    lab = lab_list(actor=actor).filter(uuid=lab_uuid).first()
+    if lab is None:
+        raise LabNotFoundError()
+    return lab
+
+
+def project_list(*, actor: Actor, lab: Lab | None = None) -> QuerySet[Project]:
+    projects = Project.objects.select_related("lab").filter(lab__in=lab_list(actor=actor))
+    return projects if lab is None else projects.filter(lab=lab)
+
+
+def project_get(*, actor: Actor, project_uuid: uuid_lib.UUID | str) -> Project:
+    project = project_list(actor=actor).filter(uuid=project_uuid).first()
+    if project is None:
+        raise ProjectNotFoundError()
+    return project
+
+
+def membership_role(*, user: User, lab: Lab) -> str | None:
+    return Membership.objects.filter(user=user, lab=lab).values_list("role", flat=True).first()
+
+
+def lab_role_can_manage(role: str | None) -> bool:
+    return role in (Role.OWNER, Role.ADMIN)
+
+
+def lab_members(*, actor: Actor, lab: Lab) -> QuerySet[Membership]:
+    """Members of a lab the actor can see; an outsider gets nothing (lab_get raises first)."""
+    visible = lab_get(actor=actor, lab_uuid=lab.uuid)
+    return Membership.objects.select_related("user").filter(lab=visible).order_by("role", "id")
