@@ -71,6 +71,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run() -> int:
+    # Ctrl-C (also when started in the background, where SIGINT starts ignored) and SIGTERM.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     postgres, redis, env = _start_stack()
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -94,7 +97,6 @@ def run() -> int:
             subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True)
             for command in commands
         ]
-        signal.signal(signal.SIGTERM, _interrupt)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
         print("A process of the stack exited; stopping the rest.", file=sys.stderr)
