@@ -33,6 +33,18 @@ def _clean_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _ledger_audit(request):
+    """After every test that touched the database, the ledger's invariants must hold."""
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    uses_db = marker or {"db", "transactional_db"} & set(request.fixturenames)
+    if uses_db and not request.node.get_closest_marker("ledger_broken_on_purpose"):
+        from billing.audit import ledger_audit
+
+        assert ledger_audit() == []
+
+
 def _verified_user(email: str, name: str) -> User:
     user = user_create(email=email, password=PASSWORD, name=name)
     EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)

@@ -1,0 +1,27 @@
+"""Every lab and project gets its ledger accounts in the transaction that creates it.
+
+accounts cannot call billing (dependencies run billing → accounts), so billing listens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+
+from accounts.models import Lab, Project
+from billing.services import lab_account_open, project_accounts_open
+
+
+@receiver(post_save, sender=Lab, dispatch_uid="billing_lab_account_open")
+def _lab_created(sender: type[Lab], instance: Lab, created: bool, **kwargs: Any) -> None:
+    if created and not kwargs.get("raw"):
+        lab_account_open(lab=instance)
+
+
+@receiver(post_save, sender=Project, dispatch_uid="billing_project_accounts_open")
+def _project_created(
+    sender: type[Project], instance: Project, created: bool, **kwargs: Any
+) -> None:
+    if created and not kwargs.get("raw"):
+        project_accounts_open(project=instance)

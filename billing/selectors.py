@@ -1,0 +1,165 @@
+"""Reads of balances, grants and history, always for an acting person or token."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.core.paginator import Page, Paginator
+from django.db.models import DecimalField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts import selectors as account_selectors
+from accounts.models import Lab, Project
+from accounts.selectors import Actor
+from billing.models import AccountType, Grant, GrantBalance, JournalLine, LedgerAccount
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class ProjectBalance:
+    project: Project
+    balance: Decimal  # the project's budget: what it can spend or reserve
+    reserved: Decimal  # held by open reservations
+
+
+@dataclass(frozen=True)
+class LabBalance:
+    lab: Lab
+    balance: Decimal  # credits in the lab account, not yet assigned to a project
+    spendable: Decimal  # of which grants in effect and not expired or voided
+    projects: list[ProjectBalance]
+
+
+def _spendable(at: datetime) -> Q:
+    return (Q(grant__expires_at__isnull=True) | Q(grant__expires_at__gt=at)) & Q(
+        grant__effective_at__lte=at, grant__voided_at__isnull=True, grant__expired_at__isnull=True
+    )
+
+
+def _sum(rows: QuerySet[GrantBalance]) -> Decimal:
+    return rows.aggregate(total=Coalesce(Sum("balance"), Value(ZERO), output_field=DecimalField()))[
+        "total"
+    ]
+
+
+def system_balance_get() -> Decimal | None:
+    """The system account's balance (operators and global service tokens only)."""
+    return (
+        LedgerAccount.objects.filter(type=AccountType.SYSTEM)
+        .values_list("balance", flat=True)
+        .first()
+    )
+
+
+def project_balances(projects: list[Project]) -> list[ProjectBalance]:
+    accounts = LedgerAccount.objects.filter(
+        project__in=projects, type__in=[AccountType.PROJECT, AccountType.RESERVATION]
+    ).values_list("project_id", "type", "balance")
+    by_project: dict[tuple[int, str], Decimal] = {(p, t): b for p, t, b in accounts}
+    return [
+        ProjectBalance(
+            project=project,
+            balance=by_project.get((project.pk, AccountType.PROJECT), ZERO),
+            reserved=by_project.get((project.pk, AccountType.RESERVATION), ZERO),
+        )
+        for project in projects
+    ]
+
+
+def lab_balance_get(*, actor: Actor, lab_uuid: uuid_lib.UUID | str) -> LabBalance:
+    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab_uuid)
+    return lab_balance(lab)
+
+
+def lab_balance(lab: Lab) -> LabBalance:
+    """For a lab the caller has already been allowed to see."""
+    account = LedgerAccount.objects.filter(type=AccountType.LAB, lab=lab).first()
+    held = GrantBalance.objects.filter(account=account, balance__gt=0)
+    projects = list(lab.projects.order_by("name", "id"))
+    return LabBalance(
+        lab=lab,
+        balance=account.balance if account else ZERO,
+        spendable=_sum(held.filter(_spendable(timezone.now()))),
+        projects=project_balances(projects),
+    )
+
+
+def project_balance_get(*, actor: Actor, project_uuid: uuid_lib.UUID | str) -> ProjectBalance:
+    project = account_selectors.project_get(actor=actor, project_uuid=project_uuid)
+    return project_balances([project])[0]
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    grant: Grant
+    in_lab: Decimal
+    in_projects: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.in_lab + self.in_projects + self.reserved
+
+    @property
+    def status(self) -> str:
+        grant, now = self.grant, timezone.now()
+        if grant.voided_at:
+            return "voided"
+        if grant.expired_at or (grant.expires_at and grant.expires_at <= now):
+            return "expired"
+        if grant.effective_at > now:
+            return "scheduled"
+        return "active"
+
+
+def grant_list(*, actor: Actor, lab: Lab) -> list[GrantRow]:
+    """A lab's grants with where their credits are now, in burn order."""
+    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
+    grants = list(lab.grants.order_by("priority", "expires_at", "created_at", "id"))
+    sums: dict[tuple[int, str], Decimal] = {}
+    for grant_id, kind, total in (
+        GrantBalance.objects.filter(grant__in=grants)
+        .exclude(account__type=AccountType.SYSTEM)
+        .values_list("grant_id", "account__type")
+        .annotate(total=Sum("balance"))
+    ):
+        sums[(grant_id, kind)] = total
+    return [
+        GrantRow(
+            grant=grant,
+            in_lab=sums.get((grant.pk, AccountType.LAB), ZERO),
+            in_projects=sums.get((grant.pk, AccountType.PROJECT), ZERO),
+            reserved=sums.get((grant.pk, AccountType.RESERVATION), ZERO),
+        )
+        for grant in grants
+    ]
+
+
+def history_page(
+    *,
+    actor: Actor,
+    lab: Lab | None = None,
+    project: Project | None = None,
+    page: int = 1,
+    page_size: int = 50,
+) -> Page:
+    """Lines of a lab's account or a project's accounts, newest first, with their entry."""
+    if project is not None:
+        project = account_selectors.project_get(actor=actor, project_uuid=project.uuid)
+        accounts = Q(account__project=project)
+    elif lab is not None:
+        lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
+        accounts = Q(account__lab=lab, account__type=AccountType.LAB)
+    else:
+        raise ValueError("history_page needs a lab or a project")
+    lines = (
+        JournalLine.objects.filter(accounts)
+        .select_related("entry", "entry__actor_user", "entry__actor_token", "grant", "account")
+        .order_by("-id")
+    )
+    return Paginator(lines, page_size).get_page(page)

@@ -1,0 +1,565 @@
+"""Every money movement. Each service is keyword-only, runs in one transaction, and takes an
+optional idempotency key: a replay with the same key returns the first result and moves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import TypeVar
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Lab, Project, User
+from billing.errors import (
+    BudgetError,
+    GrantNotExpiredError,
+    IdempotencyConflictError,
+    InsufficientFundsError,
+)
+from billing.ledger import (
+    SYSTEM,
+    AccountRef,
+    Actor,
+    Leg,
+    accounts_lock,
+    burn,
+    entry_post,
+    lab_ref,
+    project_ref,
+    reservation_ref,
+    spendable_remainders,
+    transfer_legs,
+)
+from billing.models import (
+    DEFAULT_PRIORITY,
+    AccountType,
+    EntryType,
+    Grant,
+    GrantBalance,
+    GrantCategory,
+    GrantSource,
+    JournalEntry,
+    LedgerAccount,
+)
+from core.money import credits_parse
+
+T = TypeVar("T")
+
+
+# Accounts ------------------------------------------------------------------------------------
+
+
+def system_account_get_or_create() -> LedgerAccount:
+    account, _ = LedgerAccount.objects.get_or_create(
+        type=AccountType.SYSTEM,
+        defaults={"uuid": LedgerAccount.UNCLAIMED_SYSTEM_UUID, "name": "System"},
+    )
+    return account
+
+
+def lab_account_open(*, lab: Lab) -> LedgerAccount:
+    account, _ = LedgerAccount.objects.get_or_create(
+        type=AccountType.LAB, lab=lab, defaults={"name": lab.name}
+    )
+    return account
+
+
+def project_accounts_open(*, project: Project) -> tuple[LedgerAccount, LedgerAccount]:
+    """A project's budget account and its reservation account, created together."""
+    budget, _ = LedgerAccount.objects.get_or_create(
+        type=AccountType.PROJECT,
+        project=project,
+        defaults={"lab_id": project.lab_id, "name": project.name},
+    )
+    reservation, _ = LedgerAccount.objects.get_or_create(
+        type=AccountType.RESERVATION,
+        project=project,
+        defaults={"lab_id": project.lab_id, "name": f"{project.name}/RESERVATION"},
+    )
+    return budget, reservation
+
+
+# Idempotency ---------------------------------------------------------------------------------
+
+
+def _fingerprint(operation: str, **params: object) -> str:
+    payload = json.dumps([operation, params], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _once(
+    key: str | None,
+    fingerprint: str,
+    run: Callable[[], T],
+    replay: Callable[[JournalEntry], T],
+) -> T:
+    """Run `run` in a transaction; with a key, a second call returns `replay(first entry)`.
+
+    The key is stored on the entry in the same transaction as the movement, so a crash leaves
+    neither; concurrent calls with one key serialize on its unique index and all but one replay.
+    """
+    if key is not None:
+        first = JournalEntry.objects.filter(idempotency_key=key).first()
+        if first is not None:
+            return _replayed(first, fingerprint, replay)
+    try:
+        with transaction.atomic():
+            return run()
+    except IntegrityError:
+        first = JournalEntry.objects.filter(idempotency_key=key).first() if key else None
+        if first is None:
+            raise
+        return _replayed(first, fingerprint, replay)
+
+
+def _replayed(first: JournalEntry, fingerprint: str, replay: Callable[[JournalEntry], T]) -> T:
+    if first.request_fingerprint != fingerprint:
+        raise IdempotencyConflictError()
+    return replay(first)
+
+
+def _entry_grant(entry: JournalEntry) -> Grant:
+    return Grant.objects.get(lines__entry=entry, lines__amount__gt=0)
+
+
+# Top-ups and grants --------------------------------------------------------------------------
+
+
+def _grant_new(
+    *,
+    lab: Lab,
+    amount: Decimal,
+    category: str,
+    priority: int | None,
+    effective_at: datetime | None,
+    expires_at: datetime | None,
+    source: str,
+    source_ref: str,
+    reason: str,
+    metadata: dict[str, object] | None,
+    actor: Actor,
+) -> Grant:
+    effective_at = effective_at or timezone.now()
+    if expires_at is not None and expires_at <= effective_at:
+        raise BudgetError("The expiry must be after the grant takes effect")
+    return Grant.objects.create(
+        lab=lab,
+        amount=amount,
+        category=category,
+        priority=DEFAULT_PRIORITY[GrantCategory(category)] if priority is None else priority,
+        effective_at=effective_at,
+        expires_at=expires_at,
+        source=source,
+        source_ref=source_ref,
+        reason=reason,
+        metadata=metadata or {},
+        created_by=actor if isinstance(actor, User) else None,
+    )
+
+
+def lab_top_up(
+    *,
+    lab: Lab,
+    amount: Decimal | str,
+    category: str = GrantCategory.PAID,
+    priority: int | None = None,
+    effective_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    source: str = GrantSource.API,
+    source_ref: str = "",
+    reason: str = "",
+    metadata: dict[str, object] | None = None,
+    actor: Actor = None,
+    idempotency_key: str | None = None,
+) -> Grant:
+    """Credits enter a lab from the system account as a new grant."""
+    amount = credits_parse(amount)
+    fingerprint = _fingerprint(
+        "top-up", lab=lab.pk, amount=amount, category=category, expires_at=expires_at
+    )
+
+    def run() -> Grant:
+        grant = _grant_new(
+            lab=lab,
+            amount=amount,
+            category=category,
+            priority=priority,
+            effective_at=effective_at,
+            expires_at=expires_at,
+            source=source,
+            source_ref=source_ref,
+            reason=reason,
+            metadata=metadata,
+            actor=actor,
+        )
+        system_account_get_or_create()
+        system, lab_account = accounts_lock(SYSTEM, lab_ref(lab))
+        entry_post(
+            type=EntryType.TOP_UP,
+            legs=transfer_legs([(grant.pk, amount)], debit=system.pk, credit=lab_account.pk),
+            actor=actor,
+            reason=reason,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+        )
+        return grant
+
+    return _once(idempotency_key, fingerprint, run, _entry_grant)
+
+
+def budget_grant(
+    *,
+    project: Project,
+    amount: Decimal | str,
+    category: str = GrantCategory.PAID,
+    expires_at: datetime | None = None,
+    source: str = GrantSource.API,
+    reason: str = "",
+    actor: Actor = None,
+    idempotency_key: str | None = None,
+) -> Grant:
+    """Top up a project's lab and assign it all to the project, in one entry."""
+    amount = credits_parse(amount)
+    fingerprint = _fingerprint("grant", project=project.pk, amount=amount, category=category)
+
+    def run() -> Grant:
+        grant = _grant_new(
+            lab=project.lab,
+            amount=amount,
+            category=category,
+            priority=None,
+            effective_at=None,
+            expires_at=expires_at,
+            source=source,
+            source_ref="",
+            reason=reason,
+            metadata=None,
+            actor=actor,
+        )
+        system_account_get_or_create()
+        system, budget = accounts_lock(SYSTEM, project_ref(project))
+        entry_post(
+            type=EntryType.GRANT,
+            legs=transfer_legs([(grant.pk, amount)], debit=system.pk, credit=budget.pk),
+            actor=actor,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+        )
+        return grant
+
+    return _once(idempotency_key, fingerprint, run, _entry_grant)
+
+
+# Moves between two accounts of one lab -------------------------------------------------------
+
+
+def _transfer(
+    *,
+    type: str,
+    debit: AccountRef,
+    credit: AccountRef,
+    amount: Decimal,
+    shortfall: Callable[[], Exception],
+    spendable_only: bool,
+    actor: Actor,
+    reason: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> JournalEntry:
+    """Move `amount` from one account to another, grant by grant in burn order."""
+    debit_account, credit_account = accounts_lock(debit, credit)
+    remainders = spendable_remainders(
+        debit_account.pk, at=timezone.now(), spendable_only=spendable_only
+    )
+    portions = burn(remainders, amount)
+    if sum((portion for _, portion in portions), Decimal(0)) < amount:
+        raise shortfall()
+    return entry_post(
+        type=type,
+        legs=transfer_legs(portions, debit=debit_account.pk, credit=credit_account.pk),
+        actor=actor,
+        reason=reason,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
+    )
+
+
+def _in_lab(project: Project, lab: Lab, message: str) -> None:
+    if project.lab_id != lab.pk:
+        raise BudgetError(message)
+
+
+def _transfer_once(
+    operation: str,
+    *,
+    type: str,
+    debit: AccountRef,
+    credit: AccountRef,
+    amount: Decimal,
+    shortfall: Callable[[], Exception],
+    spendable_only: bool = True,
+    actor: Actor,
+    reason: str,
+    idempotency_key: str | None,
+) -> JournalEntry:
+    fingerprint = _fingerprint(operation, debit=debit, credit=credit, amount=amount)
+    return _once(
+        idempotency_key,
+        fingerprint,
+        lambda: _transfer(
+            type=type,
+            debit=debit,
+            credit=credit,
+            amount=amount,
+            shortfall=shortfall,
+            spendable_only=spendable_only,
+            actor=actor,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        ),
+        lambda entry: entry,
+    )
+
+
+def budget_assign(
+    *,
+    lab: Lab,
+    project: Project,
+    amount: Decimal | str,
+    actor: Actor = None,
+    reason: str = "",
+    idempotency_key: str | None = None,
+) -> JournalEntry:
+    """Lab → project."""
+    amount = credits_parse(amount)
+    _in_lab(project, lab, "The project doesn't belong to the virtual-lab")
+    return _transfer_once(
+        "assign",
+        type=EntryType.ASSIGN,
+        debit=lab_ref(lab),
+        credit=project_ref(project),
+        amount=amount,
+        shortfall=lambda: BudgetError("Insufficient funds in the virtual-lab account"),
+        actor=actor,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+
+
+def budget_reverse(
+    *,
+    lab: Lab,
+    project: Project,
+    amount: Decimal | str,
+    actor: Actor = None,
+    reason: str = "",
+    idempotency_key: str | None = None,
+) -> JournalEntry:
+    """Project → lab."""
+    amount = credits_parse(amount)
+    _in_lab(project, lab, "The project doesn't belong to the virtual-lab")
+    return _transfer_once(
+        "reverse",
+        type=EntryType.REVERSE,
+        debit=project_ref(project),
+        credit=lab_ref(lab),
+        amount=amount,
+        shortfall=lambda: BudgetError("Insufficient funds in the project account"),
+        actor=actor,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+
+
+def budget_move(
+    *,
+    lab: Lab,
+    debited: Project,
+    credited: Project,
+    amount: Decimal | str,
+    actor: Actor = None,
+    reason: str = "",
+    idempotency_key: str | None = None,
+) -> JournalEntry:
+    """Project → another project of the same lab."""
+    amount = credits_parse(amount)
+    if debited.pk == credited.pk:
+        raise BudgetError("The debited and credited accounts must be different")
+    _in_lab(debited, lab, "The debited project doesn't belong to the virtual-lab")
+    _in_lab(credited, lab, "The credited project doesn't belong to the virtual-lab")
+    return _transfer_once(
+        "move",
+        type=EntryType.MOVE,
+        debit=project_ref(debited),
+        credit=project_ref(credited),
+        amount=amount,
+        shortfall=lambda: BudgetError("Insufficient funds in the debited account"),
+        actor=actor,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+
+
+# Holds: the ledger side of reservations (jobs live in metering) ------------------------------
+
+
+def funds_reserve(
+    *,
+    project: Project,
+    amount: Decimal | str,
+    actor: Actor = None,
+    metadata: dict[str, object] | None = None,
+    idempotency_key: str | None = None,
+) -> JournalEntry:
+    """Project → its reservation account; 402 when the spendable balance cannot cover it."""
+    amount = credits_parse(amount)
+    return _transfer_once(
+        "reserve",
+        type=EntryType.RESERVE,
+        debit=project_ref(project),
+        credit=reservation_ref(project),
+        amount=amount,
+        shortfall=lambda: InsufficientFundsError(requested_amount=amount),
+        actor=actor,
+        reason="",
+        idempotency_key=idempotency_key,
+    )
+
+
+def funds_release(
+    *,
+    project: Project,
+    amount: Decimal | str,
+    actor: Actor = None,
+    idempotency_key: str | None = None,
+) -> JournalEntry:
+    """Reservation account → project. Held money of any grant comes back, expired or not: the
+    expiry sweep then takes what an expired grant left in the project."""
+    amount = credits_parse(amount)
+    return _transfer_once(
+        "release",
+        type=EntryType.RELEASE,
+        debit=reservation_ref(project),
+        credit=project_ref(project),
+        amount=amount,
+        spendable_only=False,
+        shortfall=lambda: BudgetError("Insufficient funds in the reservation account"),
+        actor=actor,
+        reason="",
+        idempotency_key=idempotency_key,
+    )
+
+
+# Money back to the system account ------------------------------------------------------------
+
+
+def _sweep(
+    *,
+    type: str,
+    accounts: list[LedgerAccount],
+    system: LedgerAccount,
+    grant: Grant | None,
+    actor: Actor,
+    reason: str,
+    metadata: dict[str, object] | None = None,
+) -> Decimal:
+    """Return every positive grant remainder of the locked accounts to the system account
+    (only `grant`'s, if given), as one entry. Returns the total."""
+    rows = GrantBalance.objects.filter(account__in=accounts, balance__gt=0)
+    if grant is not None:
+        rows = rows.filter(grant=grant)
+    legs: list[Leg] = []
+    total = Decimal(0)
+    for account_id, grant_id, balance in rows.order_by("account_id", "grant_id").values_list(
+        "account_id", "grant_id", "balance"
+    ):
+        legs += [Leg(account_id, grant_id, -balance), Leg(system.pk, grant_id, balance)]
+        total += balance
+    if legs:
+        entry_post(type=type, legs=legs, actor=actor, reason=reason, metadata=metadata)
+    return total
+
+
+@transaction.atomic
+def project_deplete(*, project: Project, actor: Actor = None, reason: str = "") -> Decimal:
+    """All of a project's budget goes back to the system account; held money stays held."""
+    system_account_get_or_create()
+    system, budget = accounts_lock(SYSTEM, project_ref(project))
+    return _sweep(
+        type=EntryType.DEPLETE,
+        accounts=[budget],
+        system=system,
+        grant=None,
+        actor=actor,
+        reason=reason,
+        metadata={"reason": "deplete_project"},
+    )
+
+
+@transaction.atomic
+def lab_deplete(*, lab: Lab, actor: Actor = None, reason: str = "") -> Decimal:
+    """The lab's balance and every project budget of the lab go back to the system account."""
+    system_account_get_or_create()
+    project_ids = list(lab.projects.values_list("pk", flat=True))
+    refs = [SYSTEM, lab_ref(lab), *(AccountRef(AccountType.PROJECT, pk) for pk in project_ids)]
+    system, *owned = accounts_lock(*refs)
+    return _sweep(
+        type=EntryType.DEPLETE,
+        accounts=owned,
+        system=system,
+        grant=None,
+        actor=actor,
+        reason=reason,
+        metadata={"reason": "deplete_vlab"},
+    )
+
+
+def _grant_sweep(*, grant: Grant, type: str, actor: Actor, reason: str) -> Decimal:
+    """What is left of a grant in its lab and project accounts goes back to the system account.
+    Money held by open reservations stays: the job it is held for may still use it."""
+    system_account_get_or_create()
+    holders = list(
+        GrantBalance.objects.filter(
+            grant=grant,
+            balance__gt=0,
+            account__type__in=[AccountType.LAB, AccountType.PROJECT],
+        ).values_list("account__type", "account__lab_id", "account__project_id")
+    )
+    refs = [
+        AccountRef(kind, lab_id if kind == AccountType.LAB else project_id)
+        for kind, lab_id, project_id in holders
+    ]
+    system, *owned = accounts_lock(SYSTEM, *refs)
+    return _sweep(type=type, accounts=owned, system=system, grant=grant, actor=actor, reason=reason)
+
+
+@transaction.atomic
+def grant_expire(*, grant: Grant, actor: Actor = None) -> Decimal:
+    """Expire a grant past its expiry. Safe to run again: later calls sweep what reservations
+    released since, and move nothing when nothing is left."""
+    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    now = timezone.now()
+    if grant.expires_at is None or grant.expires_at > now:
+        raise GrantNotExpiredError()
+    if grant.expired_at is None:
+        grant.expired_at = now
+        grant.save(update_fields=["expired_at", "updated_at"])
+    return _grant_sweep(grant=grant, type=EntryType.EXPIRE, actor=actor, reason="")
+
+
+@transaction.atomic
+def grant_void(*, grant: Grant, actor: Actor = None, reason: str = "") -> Decimal:
+    """Void a grant: its remainder in the lab and projects goes back to the system account."""
+    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    if grant.voided_at is None:
+        grant.voided_at = timezone.now()
+        grant.save(update_fields=["voided_at", "updated_at"])
+    return _grant_sweep(grant=grant, type=EntryType.VOID, actor=actor, reason=reason)

@@ -1,0 +1,48 @@
+"""Credits are exact decimals. Every amount the ledger stores has at most six decimal places;
+parsing refuses anything else rather than rounding it silently."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+CREDIT_PLACES = 6
+CREDIT_QUANTUM = Decimal(1).scaleb(-CREDIT_PLACES)  # 0.000001
+CENT = Decimal("0.01")
+# NUMERIC(24, 6): up to 10^18 credits.
+MONEY_FIELD = {"max_digits": 24, "decimal_places": CREDIT_PLACES}
+MAX_CREDITS = Decimal(10) ** 18
+
+
+class AmountError(ValueError):
+    """An amount that is not a finite decimal with at most six places, or out of range."""
+
+
+def credits_parse(value: object, *, positive: bool = True) -> Decimal:
+    """A credit amount from input: a string, int or Decimal (a float by its shortest repr)."""
+    if isinstance(value, bool):
+        raise AmountError("Amount must be a number")
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise AmountError("Amount must be a number") from exc
+    if not amount.is_finite():
+        raise AmountError("Amount must be a finite number")
+    if abs(amount) >= MAX_CREDITS:
+        raise AmountError("Amount is too large")
+    if amount != amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN):
+        raise AmountError(f"Amount can have at most {CREDIT_PLACES} decimal places")
+    if positive and amount <= 0:
+        raise AmountError("Amount must be greater than 0")
+    return amount
+
+
+def credits_quantize(amount: Decimal) -> Decimal:
+    """The one rounding rule for computed amounts (costs, charges): half-even to 0.000001."""
+    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def credits_format_cents(amount: Decimal) -> str:
+    """Two-decimal string, as the accounting-service prints balances ("400.00")."""
+    return str(amount.quantize(CENT, rounding=ROUND_HALF_EVEN))
