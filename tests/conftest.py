@@ -36,9 +36,13 @@ def _clean_cache():
 @pytest.fixture(autouse=True)
 def _ledger_audit(request):
     """After every test that touched the database, the ledger's invariants must hold."""
+    uses_db = bool(request.node.get_closest_marker("django_db"))
+    for name in ("transactional_db", "db"):
+        if not uses_db and name in request.fixturenames:
+            # Set the database up before this fixture, so it is still there at teardown.
+            request.getfixturevalue(name)
+            uses_db = True
     yield
-    marker = request.node.get_closest_marker("django_db")
-    uses_db = marker or {"db", "transactional_db"} & set(request.fixturenames)
     if uses_db and not request.node.get_closest_marker("ledger_broken_on_purpose"):
         from billing.audit import ledger_audit
 

@@ -29,12 +29,13 @@ def test_ready_is_503_when_redis_is_down(client, settings):
 
 
 @pytest.mark.django_db
-def test_ready_is_503_when_the_database_is_down(client, monkeypatch):
+def test_ready_is_503_when_the_database_is_down(client):
     def refuse(self):
         raise OperationalError("connection refused")
 
     # The database going away is simulated at the driver boundary: connecting fails.
-    monkeypatch.setattr(BaseDatabaseWrapper, "ensure_connection", refuse)
-    response = client.get("/ready")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BaseDatabaseWrapper, "ensure_connection", refuse)
+        response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "down", "redis": "ok"}
