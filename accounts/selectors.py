@@ -21,8 +21,16 @@ def lab_list(*, actor: Actor) -> QuerySet[Lab]:
     return labs.none()
 
 
+def _as_uuid(value: uuid_lib.UUID | str) -> uuid_lib.UUID | None:
+    try:
+        return value if isinstance(value, uuid_lib.UUID) else uuid_lib.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def lab_get(*, actor: Actor, lab_uuid: uuid_lib.UUID | str) -> Lab:
-    lab = lab_list(actor=actor).filter(uuid=lab_uuid).first()
+    key = _as_uuid(lab_uuid)
+    lab = lab_list(actor=actor).filter(uuid=key).first() if key else None
     if lab is None:
         raise LabNotFoundError()
     return lab
@@ -34,7 +42,8 @@ def project_list(*, actor: Actor, lab: Lab | None = None) -> QuerySet[Project]:
 
 
 def project_get(*, actor: Actor, project_uuid: uuid_lib.UUID | str) -> Project:
-    project = project_list(actor=actor).filter(uuid=project_uuid).first()
+    key = _as_uuid(project_uuid)
+    project = project_list(actor=actor).filter(uuid=key).first() if key else None
     if project is None:
         raise ProjectNotFoundError()
     return project

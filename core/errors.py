@@ -62,6 +62,12 @@ class ForbiddenError(ApiError):
     default_message = "You do not have permission to do this"
 
 
+class ConflictError(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    error_code = "CONFLICT"
+    default_message = "It already exists"
+
+
 # DRF's own exceptions, mapped to our codes.
 _DRF_CODES: list[tuple[type[exceptions.APIException], str]] = [
     (exceptions.NotAuthenticated, "UNAUTHORIZED"),

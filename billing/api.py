@@ -1,0 +1,314 @@
+"""Accounting-service routes for accounts, balances and budgets (/api/accounting/...).
+
+Global service tokens act on every lab; a lab-bound token sees and moves only its own lab's
+budget and cannot create money (top-up, grant) or destroy it (deplete)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts import selectors as account_selectors
+from accounts.authentication import ServiceTokenAuthentication
+from accounts.errors import LabNotFoundError, ProjectNotFoundError
+from accounts.models import Lab, Project, Scope, ServiceToken
+from accounts.permissions import token_scope_required
+from accounts.services import lab_create, project_create
+from billing import selectors, services
+from billing.errors import AccountNotFoundError, SystemAccountNotFoundError
+from billing.models import GrantSource, LedgerAccount
+from core.accounting import AccountingView, CreditsField, StrictSerializer, envelope
+from core.errors import ConflictError
+from core.money import credits_format_cents
+
+
+class GlobalTokenRequired(BasePermission):
+    message = "This operation needs a global service token, not one bound to a lab."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.auth, ServiceToken) and request.auth.lab_id is None
+
+
+class AccountingTokenView(AccountingView):
+    authentication_classes = [ServiceTokenAuthentication]
+    permission_classes = [token_scope_required(Scope.ACCOUNTING)]
+
+    @property
+    def token(self) -> ServiceToken:
+        return self.request.auth  # type: ignore[return-value]
+
+    def lab(self, lab_id: Any, *, message: str = "Virtual lab not found") -> Lab:
+        try:
+            return account_selectors.lab_get(actor=self.token, lab_uuid=lab_id)
+        except LabNotFoundError as exc:
+            raise LabNotFoundError(message) from exc
+
+    def project(self, project_id: Any, *, message: str = "Project not found") -> Project:
+        try:
+            return account_selectors.project_get(actor=self.token, project_uuid=project_id)
+        except ProjectNotFoundError as exc:
+            raise AccountNotFoundError(message) from exc
+
+    def valid(self, serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+class GlobalTokenView(AccountingTokenView):
+    permission_classes = [token_scope_required(Scope.ACCOUNTING), GlobalTokenRequired]
+
+
+# Accounts ------------------------------------------------------------------------------------
+
+
+class SystemAccountIn(StrictSerializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(max_length=200)
+
+
+class SystemAccountView(GlobalTokenView):
+    @extend_schema(request=SystemAccountIn, tags=["accounting: accounts"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(SystemAccountIn)
+        with transaction.atomic():
+            system = services.system_account_get_or_create()
+            system = LedgerAccount.objects.select_for_update().get(pk=system.pk)
+            if system.uuid != LedgerAccount.UNCLAIMED_SYSTEM_UUID:
+                raise ConflictError("System account already exists")
+            system.uuid, system.name = data["id"], data["name"]
+            system.save(update_fields=["uuid", "name", "updated_at"])
+        return envelope(
+            "System account created",
+            {"id": str(system.uuid), "name": system.name},
+            status.HTTP_201_CREATED,
+        )
+
+
+class VirtualLabIn(StrictSerializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(max_length=200)
+    balance = CreditsField(positive=False, required=False)
+
+
+class VirtualLabAccountView(GlobalTokenView):
+    @extend_schema(request=VirtualLabIn, tags=["accounting: accounts"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(VirtualLabIn)
+        balance = data.get("balance")
+        try:
+            with transaction.atomic():
+                lab = lab_create(name=data["name"], lab_uuid=data["id"])
+                if balance:
+                    services.lab_top_up(
+                        lab=lab, amount=balance, source=GrantSource.API, actor=self.token
+                    )
+        except IntegrityError as exc:
+            raise ConflictError("Virtual lab already exists") from exc
+        return envelope(
+            "Virtual lab created",
+            {"id": str(lab.uuid), "name": lab.name, "balance": str(balance or 0)},
+            status.HTTP_201_CREATED,
+        )
+
+
+class ProjectIn(StrictSerializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(max_length=200)
+    vlab_id = serializers.UUIDField()
+
+
+class ProjectAccountView(AccountingTokenView):
+    @extend_schema(request=ProjectIn, tags=["accounting: accounts"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(ProjectIn)
+        lab = self.lab(data["vlab_id"])
+        try:
+            with transaction.atomic():
+                project = project_create(lab=lab, name=data["name"], project_uuid=data["id"])
+        except IntegrityError as exc:
+            raise ConflictError("Project already exists") from exc
+        return envelope(
+            "Project created",
+            {"id": str(project.uuid), "name": project.name},
+            status.HTTP_201_CREATED,
+        )
+
+
+# Balances ------------------------------------------------------------------------------------
+
+
+def _project_balance_out(balance: selectors.ProjectBalance) -> dict[str, str]:
+    return {
+        "proj_id": str(balance.project.uuid),
+        "balance": credits_format_cents(balance.balance),
+        "reservation": credits_format_cents(balance.reserved),
+    }
+
+
+class SystemBalanceView(GlobalTokenView):
+    @extend_schema(tags=["accounting: balance"])
+    def get(self, request: Request) -> Response:
+        balance = selectors.system_balance_get()
+        if balance is None:
+            raise SystemAccountNotFoundError()
+        return envelope("Balance for system", {"balance": credits_format_cents(balance)})
+
+
+class LabBalanceView(AccountingTokenView):
+    @extend_schema(tags=["accounting: balance"])
+    def get(self, request: Request, vlab_id: str) -> Response:
+        include = request.query_params.get("include_projects", "false").lower()
+        if include not in {"true", "false", "1", "0", "yes", "no"}:
+            raise serializers.ValidationError(
+                {"include_projects": ["Input should be a valid boolean"]}
+            )
+        state = selectors.lab_balance(self.lab(self.path_uuid(vlab_id, "vlab_id")))
+        data: dict[str, Any] = {
+            "vlab_id": str(state.lab.uuid),
+            "balance": credits_format_cents(state.balance),
+        }
+        message = "Balance for virtual-lab"
+        if include in {"true", "1", "yes"}:
+            data["projects"] = [_project_balance_out(p) for p in state.projects]
+            message += " including projects"
+        return envelope(message, data)
+
+
+class ProjectBalanceView(AccountingTokenView):
+    @extend_schema(tags=["accounting: balance"])
+    def get(self, request: Request, proj_id: str) -> Response:
+        project = self.project(self.path_uuid(proj_id, "proj_id"))
+        return envelope(
+            "Balance for project", _project_balance_out(selectors.project_balances([project])[0])
+        )
+
+
+# Budget operations ---------------------------------------------------------------------------
+
+
+class TopUpIn(StrictSerializer):
+    vlab_id = serializers.UUIDField()
+    amount = CreditsField()
+
+
+class TopUpView(GlobalTokenView):
+    @extend_schema(request=TopUpIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(TopUpIn)
+        services.lab_top_up(
+            lab=self.lab(data["vlab_id"]),
+            amount=data["amount"],
+            source=GrantSource.API,
+            actor=self.token,
+            idempotency_key=self.idempotency_key(),
+        )
+        return envelope("Top-up operation executed")
+
+
+class AssignIn(StrictSerializer):
+    vlab_id = serializers.UUIDField()
+    proj_id = serializers.UUIDField()
+    amount = CreditsField()
+
+
+class AssignView(AccountingTokenView):
+    @extend_schema(request=AssignIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(AssignIn)
+        services.budget_assign(
+            lab=self.lab(data["vlab_id"]),
+            project=self.project(data["proj_id"], message="Account not found"),
+            amount=data["amount"],
+            actor=self.token,
+            idempotency_key=self.idempotency_key(),
+        )
+        return envelope("Assign budget operation executed")
+
+
+class ReverseView(AccountingTokenView):
+    @extend_schema(request=AssignIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(AssignIn)
+        services.budget_reverse(
+            lab=self.lab(data["vlab_id"]),
+            project=self.project(data["proj_id"], message="Account not found"),
+            amount=data["amount"],
+            actor=self.token,
+            idempotency_key=self.idempotency_key(),
+        )
+        return envelope("Reverse budget operation executed")
+
+
+class MoveIn(StrictSerializer):
+    vlab_id = serializers.UUIDField()
+    debited_from = serializers.UUIDField()
+    credited_to = serializers.UUIDField()
+    amount = CreditsField()
+
+
+class MoveView(AccountingTokenView):
+    @extend_schema(request=MoveIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(MoveIn)
+        services.budget_move(
+            lab=self.lab(data["vlab_id"]),
+            debited=self.project(data["debited_from"], message="Account not found"),
+            credited=self.project(data["credited_to"], message="Account not found"),
+            amount=data["amount"],
+            actor=self.token,
+            idempotency_key=self.idempotency_key(),
+        )
+        return envelope("Move budget operation executed")
+
+
+class GrantIn(StrictSerializer):
+    proj_id = serializers.UUIDField()
+    amount = CreditsField()
+
+
+class GrantView(GlobalTokenView):
+    @extend_schema(request=GrantIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(GrantIn)
+        services.budget_grant(
+            project=self.project(data["proj_id"], message="Account not found"),
+            amount=data["amount"],
+            actor=self.token,
+            idempotency_key=self.idempotency_key(),
+        )
+        return envelope("Grant budget operation executed")
+
+
+class DepleteProjectIn(StrictSerializer):
+    proj_id = serializers.UUIDField()
+
+
+class DepleteProjectView(GlobalTokenView):
+    @extend_schema(request=DepleteProjectIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(DepleteProjectIn)
+        total = services.project_deplete(project=self.project(data["proj_id"]), actor=self.token)
+        return envelope(
+            "Deplete project operation executed", {"total_amount": credits_format_cents(total)}
+        )
+
+
+class DepleteLabIn(StrictSerializer):
+    vlab_id = serializers.UUIDField()
+
+
+class DepleteLabView(GlobalTokenView):
+    @extend_schema(request=DepleteLabIn, tags=["accounting: budget"])
+    def post(self, request: Request) -> Response:
+        data = self.valid(DepleteLabIn)
+        total = services.lab_deplete(lab=self.lab(data["vlab_id"]), actor=self.token)
+        return envelope(
+            "Deplete virtual lab operation executed", {"total_amount": credits_format_cents(total)}
+        )

@@ -1,0 +1,131 @@
+"""The accounting-service surface (/api/accounting/), shared by billing and metering views.
+
+It answers like the service it replaces: `{"message", "data"}` on success, and
+`{"error_code", "message", "details"}` on errors, with 422 and a list of
+`{"type", "loc", "msg"}` for invalid requests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.errors import api_exception_handler, error_body
+from core.money import AmountError, credits_parse
+
+
+def envelope(message: str, data: Any = None, status_code: int = status.HTTP_200_OK) -> Response:
+    return Response({"message": message, "data": data}, status=status_code)
+
+
+class DecimalJSONParser(JSONParser):
+    """JSON numbers with a fraction become Decimal, never float."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            return json.loads(stream.read().decode(encoding), parse_float=Decimal)
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
+
+
+def _validation_details(detail: Any, loc: list[Any]) -> list[dict[str, Any]]:
+    if isinstance(detail, dict):
+        return [d for key, value in detail.items() for d in _validation_details(value, [*loc, key])]
+    if isinstance(detail, list):
+        if all(isinstance(item, exceptions.ErrorDetail) for item in detail):
+            return [{"type": item.code, "loc": loc, "msg": str(item)} for item in detail]
+        return [d for i, item in enumerate(detail) for d in _validation_details(item, [*loc, i])]
+    return [{"type": getattr(detail, "code", "invalid"), "loc": loc, "msg": str(detail)}]
+
+
+def accounting_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, exceptions.ValidationError):
+        details = _validation_details(exc.detail, ["body"])
+    elif isinstance(exc, exceptions.ParseError):
+        details = [{"type": "json_invalid", "loc": ["body"], "msg": str(exc.detail)}]
+    else:
+        return api_exception_handler(exc, context)
+    return Response(
+        error_body("INVALID_REQUEST", "Validation error", details),
+        status=status.HTTP_422_UNPROCESSABLE_ENTITY,
+    )
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, as the reference does (`extra="forbid"`)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise exceptions.ValidationError(
+                    {
+                        name: [
+                            exceptions.ErrorDetail(
+                                "Extra inputs are not permitted", "extra_forbidden"
+                            )
+                        ]
+                        for name in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class CreditsField(serializers.Field):
+    """A credit amount: a JSON number or string, exact, at most six decimal places."""
+
+    def __init__(self, *, positive: bool = True, **kwargs: Any) -> None:
+        self.positive = positive
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> Decimal:
+        try:
+            amount = credits_parse(data, positive=False)
+        except AmountError as exc:
+            raise serializers.ValidationError(str(exc), code="decimal_parsing") from exc
+        if self.positive and amount <= 0:
+            raise serializers.ValidationError("Input should be greater than 0", code="greater_than")
+        if amount < 0:
+            raise serializers.ValidationError(
+                "Input should be greater than or equal to 0", code="greater_than_equal"
+            )
+        return amount
+
+    def to_representation(self, value: Decimal) -> str:
+        return str(value)
+
+
+class AccountingView(APIView):
+    """Base of every /api/accounting/ view: service tokens only, Decimal JSON, reference errors."""
+
+    parser_classes = [DecimalJSONParser]
+
+    def get_exception_handler(self):  # type: ignore[no-untyped-def]
+        return accounting_exception_handler
+
+    def path_uuid(self, value: str, name: str) -> uuid.UUID:
+        """A UUID from the path; anything else is a 422, as the reference answers."""
+        try:
+            return uuid.UUID(value)
+        except ValueError as exc:
+            raise exceptions.ValidationError(
+                {name: [exceptions.ErrorDetail("Input should be a valid UUID", "uuid_parsing")]}
+            ) from exc
+
+    def idempotency_key(self) -> str | None:
+        """`Idempotency-Key` header, scoped to the calling token so callers cannot collide."""
+        key = self.request.headers.get("Idempotency-Key", "").strip()
+        if not key:
+            return None
+        if len(key) > 200:
+            raise exceptions.ValidationError({"Idempotency-Key": ["At most 200 characters"]})
+        return f"token:{self.request.auth.pk}:{key}"
