@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -23,7 +23,7 @@ from accounts.services import lab_create, project_create
 from billing import selectors, services
 from billing.errors import AccountNotFoundError, SystemAccountNotFoundError
 from billing.models import GrantSource, LedgerAccount
-from core.accounting import AccountingView, CreditsField, StrictSerializer, envelope
+from core.accounting import AccountingView, CreditsField, StrictSerializer, envelope, enveloped
 from core.errors import ConflictError
 from core.money import credits_format_cents
 
@@ -68,13 +68,49 @@ class GlobalTokenView(AccountingTokenView):
 # Accounts ------------------------------------------------------------------------------------
 
 
+class AccountOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class LabAccountOut(AccountOut):
+    balance = serializers.CharField()
+
+
+class ProjectBalanceOut(serializers.Serializer):
+    proj_id = serializers.UUIDField()
+    balance = serializers.CharField()
+    reservation = serializers.CharField()
+
+
+class LabBalanceOut(serializers.Serializer):
+    vlab_id = serializers.UUIDField()
+    balance = serializers.CharField()
+    projects = ProjectBalanceOut(many=True, required=False)
+
+
+class SystemBalanceOut(serializers.Serializer):
+    balance = serializers.CharField()
+
+
+class DepleteOut(serializers.Serializer):
+    total_amount = serializers.CharField()
+
+
+NULL_DATA = enveloped("AccountingOperationOut")
+
+
 class SystemAccountIn(StrictSerializer):
     id = serializers.UUIDField()
     name = serializers.CharField(max_length=200)
 
 
 class SystemAccountView(GlobalTokenView):
-    @extend_schema(request=SystemAccountIn, tags=["accounting: accounts"])
+    @extend_schema(
+        request=SystemAccountIn,
+        responses={201: enveloped("SystemAccountOut", AccountOut())},
+        tags=["accounting: accounts"],
+    )
     def post(self, request: Request) -> Response:
         data = self.valid(SystemAccountIn)
         with transaction.atomic():
@@ -98,7 +134,11 @@ class VirtualLabIn(StrictSerializer):
 
 
 class VirtualLabAccountView(GlobalTokenView):
-    @extend_schema(request=VirtualLabIn, tags=["accounting: accounts"])
+    @extend_schema(
+        request=VirtualLabIn,
+        responses={201: enveloped("VirtualLabAccountOut", LabAccountOut())},
+        tags=["accounting: accounts"],
+    )
     def post(self, request: Request) -> Response:
         data = self.valid(VirtualLabIn)
         balance = data.get("balance")
@@ -125,7 +165,11 @@ class ProjectIn(StrictSerializer):
 
 
 class ProjectAccountView(AccountingTokenView):
-    @extend_schema(request=ProjectIn, tags=["accounting: accounts"])
+    @extend_schema(
+        request=ProjectIn,
+        responses={201: enveloped("ProjectAccountOut", AccountOut())},
+        tags=["accounting: accounts"],
+    )
     def post(self, request: Request) -> Response:
         data = self.valid(ProjectIn)
         lab = self.lab(data["vlab_id"])
@@ -153,7 +197,10 @@ def _project_balance_out(balance: selectors.ProjectBalance) -> dict[str, str]:
 
 
 class SystemBalanceView(GlobalTokenView):
-    @extend_schema(tags=["accounting: balance"])
+    @extend_schema(
+        responses=enveloped("SystemBalanceEnvelope", SystemBalanceOut()),
+        tags=["accounting: balance"],
+    )
     def get(self, request: Request) -> Response:
         balance = selectors.system_balance_get()
         if balance is None:
@@ -162,7 +209,11 @@ class SystemBalanceView(GlobalTokenView):
 
 
 class LabBalanceView(AccountingTokenView):
-    @extend_schema(tags=["accounting: balance"])
+    @extend_schema(
+        parameters=[OpenApiParameter("include_projects", bool, default=False)],
+        responses=enveloped("LabBalanceEnvelope", LabBalanceOut()),
+        tags=["accounting: balance"],
+    )
     def get(self, request: Request, vlab_id: str) -> Response:
         include = request.query_params.get("include_projects", "false").lower()
         if include not in {"true", "false", "1", "0", "yes", "no"}:
@@ -182,7 +233,10 @@ class LabBalanceView(AccountingTokenView):
 
 
 class ProjectBalanceView(AccountingTokenView):
-    @extend_schema(tags=["accounting: balance"])
+    @extend_schema(
+        responses=enveloped("ProjectBalanceEnvelope", ProjectBalanceOut()),
+        tags=["accounting: balance"],
+    )
     def get(self, request: Request, proj_id: str) -> Response:
         project = self.project(self.path_uuid(proj_id, "proj_id"))
         return envelope(
@@ -199,7 +253,7 @@ class TopUpIn(StrictSerializer):
 
 
 class TopUpView(GlobalTokenView):
-    @extend_schema(request=TopUpIn, tags=["accounting: budget"])
+    @extend_schema(request=TopUpIn, responses=NULL_DATA, tags=["accounting: budget"])
     def post(self, request: Request) -> Response:
         data = self.valid(TopUpIn)
         services.lab_top_up(
@@ -219,7 +273,7 @@ class AssignIn(StrictSerializer):
 
 
 class AssignView(AccountingTokenView):
-    @extend_schema(request=AssignIn, tags=["accounting: budget"])
+    @extend_schema(request=AssignIn, responses=NULL_DATA, tags=["accounting: budget"])
     def post(self, request: Request) -> Response:
         data = self.valid(AssignIn)
         services.budget_assign(
@@ -233,7 +287,7 @@ class AssignView(AccountingTokenView):
 
 
 class ReverseView(AccountingTokenView):
-    @extend_schema(request=AssignIn, tags=["accounting: budget"])
+    @extend_schema(request=AssignIn, responses=NULL_DATA, tags=["accounting: budget"])
     def post(self, request: Request) -> Response:
         data = self.valid(AssignIn)
         services.budget_reverse(
@@ -254,7 +308,7 @@ class MoveIn(StrictSerializer):
 
 
 class MoveView(AccountingTokenView):
-    @extend_schema(request=MoveIn, tags=["accounting: budget"])
+    @extend_schema(request=MoveIn, responses=NULL_DATA, tags=["accounting: budget"])
     def post(self, request: Request) -> Response:
         data = self.valid(MoveIn)
         services.budget_move(
@@ -274,7 +328,7 @@ class GrantIn(StrictSerializer):
 
 
 class GrantView(GlobalTokenView):
-    @extend_schema(request=GrantIn, tags=["accounting: budget"])
+    @extend_schema(request=GrantIn, responses=NULL_DATA, tags=["accounting: budget"])
     def post(self, request: Request) -> Response:
         data = self.valid(GrantIn)
         services.budget_grant(
@@ -291,7 +345,11 @@ class DepleteProjectIn(StrictSerializer):
 
 
 class DepleteProjectView(GlobalTokenView):
-    @extend_schema(request=DepleteProjectIn, tags=["accounting: budget"])
+    @extend_schema(
+        request=DepleteProjectIn,
+        responses=enveloped("DepleteProjectOut", DepleteOut()),
+        tags=["accounting: budget"],
+    )
     def post(self, request: Request) -> Response:
         data = self.valid(DepleteProjectIn)
         total = services.project_deplete(project=self.project(data["proj_id"]), actor=self.token)
@@ -305,7 +363,11 @@ class DepleteLabIn(StrictSerializer):
 
 
 class DepleteLabView(GlobalTokenView):
-    @extend_schema(request=DepleteLabIn, tags=["accounting: budget"])
+    @extend_schema(
+        request=DepleteLabIn,
+        responses=enveloped("DepleteLabOut", DepleteOut()),
+        tags=["accounting: budget"],
+    )
     def post(self, request: Request) -> Response:
         data = self.valid(DepleteLabIn)
         total = services.lab_deplete(lab=self.lab(data["vlab_id"]), actor=self.token)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -80,6 +81,18 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+def enveloped(name: str, data: serializers.Field | None = None) -> serializers.Serializer:
+    """The OpenAPI shape of a success body: `{"message": str, "data": <data> | null}`."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "message": serializers.CharField(),
+            "data": data if data is not None else serializers.JSONField(allow_null=True),
+        },
+    )
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "example": "100.00"})
 class CreditsField(serializers.Field):
     """A credit amount: a JSON number or string, exact, at most six decimal places."""
 
