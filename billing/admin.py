@@ -1,0 +1,245 @@
+"""Operators' view of the money: balances on each lab, grants they add or void, a read-only
+journal. Every money action here goes through billing.services and records the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from accounts.admin import LabAdmin
+from accounts.models import Lab
+from billing import selectors, services
+from billing.forms import CreditsFormField
+from billing.models import (
+    Grant,
+    GrantCategory,
+    GrantSource,
+    JournalEntry,
+    JournalLine,
+    LedgerAccount,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class GrantInline(admin.TabularInline):
+    model = Grant
+    fields = ["category", "amount", "priority", "effective_at", "expires_at", "voided_at", "source"]
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+admin.site.unregister(Lab)
+
+
+@admin.register(Lab)
+class LabBillingAdmin(LabAdmin):
+    readonly_fields = [*LabAdmin.readonly_fields, "balances"]
+    inlines = [*LabAdmin.inlines, GrantInline]
+
+    @admin.display(description="Balances")
+    def balances(self, lab: Lab) -> str:
+        if lab.pk is None:
+            return "—"
+        state = selectors.lab_balance(lab)
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((p.project.name, p.balance, p.reserved) for p in state.projects),
+        )
+        return format_html(
+            "Lab: <strong>{}</strong> (spendable now: {})<table><tr><th>Project</th>"
+            "<th>Budget</th><th>Held</th></tr>{}</table>",
+            state.balance,
+            state.spendable,
+            rows,
+        )
+
+
+class OperatorGrantForm(forms.ModelForm):
+    KINDS = [
+        (GrantCategory.PROMOTIONAL, "Promotional grant"),
+        (GrantCategory.PAID, "Manual top-up (paid outside Stripe)"),
+    ]
+    category = forms.ChoiceField(choices=KINDS, label="Kind")
+    amount = CreditsFormField(label="Credits")
+    priority = forms.IntegerField(
+        required=False, min_value=0, max_value=32767, help_text="Lower burns first; empty: default"
+    )
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=True)
+
+    class Meta:
+        model = Grant
+        fields = ["lab", "category", "amount", "priority", "effective_at", "expires_at", "reason"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["effective_at"].required = False
+        self.fields["effective_at"].help_text = "Empty: now. Not spendable before this time."
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        expires_at, effective_at = data.get("expires_at"), data.get("effective_at")
+        if expires_at and expires_at <= (effective_at or timezone.now()):
+            self.add_error("expires_at", "The expiry must be after the grant takes effect.")
+        return data
+
+
+class VoidForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+
+
+@admin.register(Grant)
+class GrantAdmin(admin.ModelAdmin):
+    list_display = [
+        "lab",
+        "category",
+        "amount",
+        "priority",
+        "effective_at",
+        "expires_at",
+        "status",
+        "source",
+    ]
+    list_filter = ["category", "source", ("voided_at", admin.EmptyFieldListFilter), "expires_at"]
+    search_fields = ["lab__name", "lab__uuid", "uuid", "source_ref", "reason"]
+    autocomplete_fields = ["lab"]
+    list_select_related = ["lab"]
+    actions = ["void"]
+    readonly_fields = [
+        "uuid",
+        "lab",
+        "category",
+        "amount",
+        "priority",
+        "effective_at",
+        "expires_at",
+        "expired_at",
+        "voided_at",
+        "source",
+        "source_ref",
+        "reason",
+        "metadata",
+        "created_by",
+        "created_at",
+    ]
+
+    @admin.display(description="Status")
+    def status(self, grant: Grant) -> str:
+        if grant.voided_at:
+            return "voided"
+        if grant.expired_at or (grant.expires_at and grant.expires_at <= timezone.now()):
+            return "expired"
+        return "scheduled" if grant.effective_at > timezone.now() else "active"
+
+    def get_form(self, request: HttpRequest, obj: Grant | None = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = OperatorGrantForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Grant | None = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Grant | None = None) -> Any:
+        return self.readonly_fields if obj is not None else OperatorGrantForm.Meta.fields
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Grant, form: Any, change: bool) -> None:
+        if change:
+            return  # a grant never changes; void it and add another
+        data = form.cleaned_data
+        grant = services.lab_top_up(
+            lab=data["lab"],
+            amount=data["amount"],
+            category=data["category"],
+            priority=data["priority"],
+            effective_at=data["effective_at"],
+            expires_at=data["expires_at"],
+            source=GrantSource.OPERATOR,
+            reason=data["reason"],
+            actor=request.user,  # type: ignore[arg-type]
+        )
+        obj.pk = grant.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        pass  # nothing related to save: the service wrote everything
+
+    @admin.action(description="Void selected grants (returns what is left to the system)")
+    def void(self, request: HttpRequest, queryset: QuerySet[Grant]) -> HttpResponse | None:
+        form = VoidForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            total = sum(
+                services.grant_void(
+                    grant=grant, actor=request.user, reason=form.cleaned_data["reason"]
+                )
+                for grant in queryset
+            )
+            self.message_user(
+                request,
+                f"Voided {queryset.count()} grant(s); {total} credits returned.",
+                messages.SUCCESS,
+            )
+            return None
+        return TemplateResponse(
+            request,
+            "admin/billing/grant/void.html",
+            {
+                **self.admin_site.each_context(request),
+                "grants": queryset,
+                "form": form,
+                "opts": self.model._meta,
+                "title": "Void grants",
+            },
+        )
+
+
+class JournalLineInline(admin.TabularInline):
+    model = JournalLine
+    fields = ["account", "grant", "amount"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(JournalEntry)
+class JournalEntryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "created_at", "actor_user", "actor_token", "reason"]
+    list_filter = ["type", "created_at"]
+    search_fields = ["uuid", "reason", "actor_user__email", "idempotency_key"]
+    inlines = [JournalLineInline]
+    list_select_related = ["actor_user", "actor_token"]
+
+
+@admin.register(LedgerAccount)
+class LedgerAccountAdmin(ReadOnlyAdmin):
+    list_display = ["name", "type", "lab", "project", "balance"]
+    list_filter = ["type"]
+    search_fields = ["name", "lab__name", "lab__uuid", "project__uuid"]
+    list_select_related = ["lab", "project"]
