@@ -7,26 +7,31 @@ statement each, in the same transaction as the lines.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+import uuid as uuid_lib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
+import psycopg
 from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken, User
-from billing.models import (
-    AccountType,
-    GrantBalance,
-    JournalEntry,
-    JournalLine,
-    LedgerAccount,
-)
+from billing.models import AccountType, JournalEntry, LedgerAccount
 
 Actor = User | ServiceToken | None
+
+
+def _hot_execute(sql: str, params: Sequence[object] | dict[str, object]) -> list[tuple[Any, ...]]:
+    """Run a hot-path statement as a prepared statement (server-side binding), so PostgreSQL
+    plans it once per connection instead of on every call; errors become Django's."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall() if cursor.description else []
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,29 @@ def reservation_ref(project: Project) -> AccountRef:
 
 
 def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
-    """Lock the named accounts FOR UPDATE in id order; return them in the order named."""
-    condition = Q()
+    """Lock the named accounts in id order; return them in the order named. NO KEY UPDATE: the
+    keys never change, and it does not block the key-share locks of foreign-key checks.
+
+    Raw SQL on purpose: this and the three statements below are the whole hot path of a
+    budget move, and the ORM's query building cost more than the database work."""
+    where, params = [], []
     for ref in refs:
-        condition |= ref.condition()
-    locked = list(LedgerAccount.objects.select_for_update().filter(condition).order_by("pk"))
+        if ref.type == AccountType.SYSTEM:
+            where.append("type = %s")
+            params.append(ref.type)
+        else:
+            owner = "lab_id" if ref.type == AccountType.LAB else "project_id"
+            where.append(f"(type = %s AND {owner} = %s)")
+            params += [ref.type, ref.owner_id]
+    rows = _hot_execute(
+        "SELECT id, type, lab_id, project_id, balance FROM billing_ledgeraccount"
+        f" WHERE {' OR '.join(where)} ORDER BY id FOR NO KEY UPDATE",
+        params,
+    )
+    locked = [
+        LedgerAccount(id=pk, type=kind, lab_id=lab_id, project_id=project_id, balance=balance)
+        for pk, kind, lab_id, project_id, balance in rows
+    ]
     found = []
     for ref in refs:
         account = next((a for a in locked if ref.matches(a)), None)
@@ -90,45 +113,109 @@ def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
     return found
 
 
-def spendable_remainders(
-    account_id: int, *, at: datetime, spendable_only: bool = True
-) -> list[tuple[int, Decimal]]:
-    """(grant id, remainder) of the account, in burn order: lowest priority number, soonest
-    expiry (none last), oldest. With spendable_only, only grants in effect and not expired."""
-    rows = GrantBalance.objects.filter(account_id=account_id, balance__gt=0)
-    if spendable_only:
-        rows = rows.filter(
-            Q(grant__expires_at__isnull=True) | Q(grant__expires_at__gt=at),
-            grant__effective_at__lte=at,
-            grant__voided_at__isnull=True,
-            grant__expired_at__isnull=True,
-        )
-    rows = rows.order_by(
-        "grant__priority", "grant__expires_at", "grant__created_at", "grant_id"
-    )  # expires_at: PostgreSQL sorts NULLs last when ascending
-    return list(rows.values_list("grant_id", "balance"))
-
-
-def burn(remainders: Sequence[tuple[int, Decimal]], amount: Decimal) -> list[tuple[int, Decimal]]:
-    """Split `amount` over the remainders in their order. Returns fewer than `amount` in total
-    when the remainders do not cover it; the caller decides whether that is an error."""
-    portions: list[tuple[int, Decimal]] = []
-    left = amount
-    for grant_id, remainder in remainders:
-        if left <= 0:
-            break
-        take = min(left, remainder)
-        portions.append((grant_id, take))
-        left -= take
-    return portions
-
-
 def transfer_legs(portions: Iterable[tuple[int, Decimal]], *, debit: int, credit: int) -> list[Leg]:
     legs: list[Leg] = []
     for grant_id, amount in portions:
         legs.append(Leg(debit, grant_id, -amount))
         legs.append(Leg(credit, grant_id, amount))
     return legs
+
+
+# Writes the entry's lines (from `legs`), moves the accounts' balances and the grants'
+# remainders, all in the statement that inserted `entry`.
+_APPLY_LEGS = """
+, lines AS (
+    INSERT INTO billing_journalline (entry_id, account_id, grant_id, amount)
+    SELECT entry.id, legs.account_id, legs.grant_id, legs.amount FROM entry, legs
+), accounts AS (
+    UPDATE billing_ledgeraccount AS a
+       SET balance = a.balance + d.delta, updated_at = now()
+      FROM (SELECT account_id, SUM(amount) AS delta FROM legs GROUP BY account_id) AS d
+     WHERE a.id = d.account_id
+), remainders AS (
+    INSERT INTO billing_grantbalance AS b (account_id, grant_id, balance)
+    SELECT account_id, grant_id, SUM(amount) FROM legs GROUP BY account_id, grant_id
+    ON CONFLICT (account_id, grant_id) DO UPDATE SET balance = b.balance + EXCLUDED.balance
+)
+SELECT (SELECT id FROM entry)
+"""
+
+_ENTRY_COLUMNS = """
+    INSERT INTO billing_journalentry
+        (uuid, type, created_at, actor_user_id, actor_token_id, reason, metadata,
+         idempotency_key, request_fingerprint)
+"""
+
+_POST = (
+    "WITH entry AS ("
+    + _ENTRY_COLUMNS
+    + """    VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
+    RETURNING id
+), legs (account_id, grant_id, amount) AS (
+    VALUES {legs}
+)"""
+    + _APPLY_LEGS
+)
+
+# A transfer splits the amount over the debited account's grants in burn order (lowest priority
+# number, soonest expiry, none last, oldest) and writes nothing unless they cover it.
+_TRANSFER = (
+    """WITH remainders_now AS (
+    SELECT b.grant_id, b.balance,
+           SUM(b.balance) OVER (
+               ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.id
+           ) AS through
+      FROM billing_grantbalance b JOIN billing_grant g ON g.id = b.grant_id
+     WHERE b.account_id = %(debit)s AND b.balance > 0 {spendable}
+), portions AS (
+    SELECT grant_id, LEAST(balance, %(amount)s - (through - balance)) AS amount
+      FROM remainders_now WHERE through - balance < %(amount)s
+), covered AS (
+    SELECT COALESCE(SUM(amount), 0) >= %(amount)s AS ok FROM portions
+), entry AS ("""
+    + _ENTRY_COLUMNS
+    + """    SELECT %(uuid)s, %(type)s, %(at)s, %(actor_user)s, %(actor_token)s, %(reason)s,
+           %(metadata)s::jsonb, %(key)s, %(fingerprint)s
+      FROM covered WHERE ok
+    RETURNING id
+), legs (account_id, grant_id, amount) AS (
+    SELECT %(debit)s::bigint, grant_id, -amount FROM portions WHERE (SELECT ok FROM covered)
+    UNION ALL
+    SELECT %(credit)s::bigint, grant_id, amount FROM portions WHERE (SELECT ok FROM covered)
+)"""
+    + _APPLY_LEGS
+)
+_SPENDABLE = """
+       AND g.effective_at <= %(at)s AND (g.expires_at IS NULL OR g.expires_at > %(at)s)
+       AND g.voided_at IS NULL AND g.expired_at IS NULL"""
+
+
+def _entry_new(
+    *,
+    type: str,
+    actor: Actor,
+    reason: str,
+    metadata: dict[str, object] | None,
+    idempotency_key: str | None,
+    request_fingerprint: str,
+) -> JournalEntry:
+    return JournalEntry(
+        uuid=uuid_lib.uuid4(),
+        type=type,
+        created_at=timezone.now(),
+        actor_user=actor if isinstance(actor, User) else None,
+        actor_token=actor if isinstance(actor, ServiceToken) else None,
+        reason=reason,
+        metadata=metadata or {},
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+    )
+
+
+def _saved(entry: JournalEntry, entry_id: int) -> JournalEntry:
+    entry.id = entry_id
+    entry._state.adding = False
+    return entry
 
 
 def entry_post(
@@ -141,52 +228,72 @@ def entry_post(
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
 ) -> JournalEntry:
-    """Write one entry with its lines and move the cached balances. The accounts must be locked."""
-    entry = JournalEntry.objects.create(
+    """Write one entry, its lines, the accounts' balances and the grants' remainders in one
+    statement (one round trip). The accounts must be locked by the caller's transaction."""
+    legs = [leg for leg in legs if leg.amount != 0]
+    if not legs:
+        raise ValueError("an entry needs at least one non-zero line")
+    entry = _entry_new(
         type=type,
-        created_at=timezone.now(),
-        actor_user=actor if isinstance(actor, User) else None,
-        actor_token=actor if isinstance(actor, ServiceToken) else None,
+        actor=actor,
         reason=reason,
-        metadata=metadata or {},
+        metadata=metadata,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
     )
-    legs = [leg for leg in legs if leg.amount != 0]
-    # One statement for all lines: the zero-sum trigger checks the entry once, complete.
-    JournalLine.objects.bulk_create(
-        JournalLine(
-            entry=entry, account_id=leg.account_id, grant_id=leg.grant_id, amount=leg.amount
-        )
-        for leg in legs
-    )
-    _balances_apply(legs)
-    return entry
-
-
-def _balances_apply(legs: Sequence[Leg]) -> None:
-    by_account: dict[int, Decimal] = defaultdict(Decimal)
-    by_grant: dict[tuple[int, int], Decimal] = defaultdict(Decimal)
+    values = ", ".join(["(%s::bigint, %s::bigint, %s::numeric)"] * len(legs))
+    params: list[object] = [
+        entry.uuid,
+        entry.type,
+        entry.created_at,
+        entry.actor_user_id,
+        entry.actor_token_id,
+        entry.reason,
+        json.dumps(entry.metadata, default=str),
+        entry.idempotency_key,
+        entry.request_fingerprint,
+    ]
     for leg in legs:
-        by_account[leg.account_id] += leg.amount
-        by_grant[(leg.account_id, leg.grant_id)] += leg.amount
-    account_rows = [(pk, delta) for pk, delta in sorted(by_account.items()) if delta != 0]
-    grant_rows = [(a, g, delta) for (a, g), delta in sorted(by_grant.items()) if delta != 0]
-    account_table = LedgerAccount._meta.db_table
-    grant_table = GrantBalance._meta.db_table
-    with connection.cursor() as cursor:
-        if account_rows:
-            values = ", ".join(["(%s::bigint, %s::numeric)"] * len(account_rows))
-            cursor.execute(
-                f"UPDATE {account_table} AS a SET balance = a.balance + v.delta, "  # noqa: S608
-                f"updated_at = now() FROM (VALUES {values}) AS v(id, delta) WHERE a.id = v.id",
-                [x for row in account_rows for x in row],
-            )
-        if grant_rows:
-            values = ", ".join(["(%s::bigint, %s::bigint, %s::numeric)"] * len(grant_rows))
-            cursor.execute(
-                f"INSERT INTO {grant_table} AS b (account_id, grant_id, balance) "  # noqa: S608
-                f"VALUES {values} ON CONFLICT (account_id, grant_id) "
-                "DO UPDATE SET balance = b.balance + EXCLUDED.balance",
-                [x for row in grant_rows for x in row],
-            )
+        params += [leg.account_id, leg.grant_id, leg.amount]
+    return _saved(entry, _hot_execute(_POST.format(legs=values), params)[0][0])
+
+
+def transfer_post(
+    *,
+    type: str,
+    debit_id: int,
+    credit_id: int,
+    amount: Decimal,
+    spendable_only: bool = True,
+    actor: Actor = None,
+    reason: str = "",
+    idempotency_key: str | None = None,
+    request_fingerprint: str = "",
+) -> JournalEntry | None:
+    """Move `amount` from one locked account to another, grant by grant in burn order, in one
+    statement. Returns None, having written nothing, when the debited grants cannot cover it."""
+    entry = _entry_new(
+        type=type,
+        actor=actor,
+        reason=reason,
+        metadata=None,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+    )
+    params = {
+        "debit": debit_id,
+        "credit": credit_id,
+        "amount": amount,
+        "uuid": entry.uuid,
+        "type": type,
+        "at": entry.created_at,
+        "actor_user": entry.actor_user_id,
+        "actor_token": entry.actor_token_id,
+        "reason": reason,
+        "metadata": "{}",
+        "key": idempotency_key,
+        "fingerprint": request_fingerprint,
+    }
+    sql = _TRANSFER.format(spendable=_SPENDABLE if spendable_only else "")
+    entry_id = _hot_execute(sql, params)[0][0]
+    return None if entry_id is None else _saved(entry, entry_id)

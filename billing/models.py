@@ -161,21 +161,41 @@ class JournalEntry(models.Model):
     type = models.CharField(max_length=16, choices=EntryType.choices)
     created_at = models.DateTimeField(default=timezone.now)
     # Who or what caused it: a person (operator or lab admin), a service token, or the system.
+    # No index on the actors: no query looks entries up by them, and each index costs every
+    # movement a write (billing_ledger benchmark).
     actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     actor_token = models.ForeignKey(
-        ServiceToken, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        ServiceToken,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     reason = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     # A replay with the same key returns this entry instead of moving money again.
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True)
 
     class Meta:
         verbose_name_plural = "journal entries"
         ordering = ["-created_at", "-id"]
+        constraints = [
+            # Replays find the first entry by key; entries without a key stay out of the index.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="journal_entry_idempotency_key_unique",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_type_display()} #{self.pk}"
@@ -183,8 +203,11 @@ class JournalEntry(models.Model):
 
 class JournalLine(models.Model):
     entry = models.ForeignKey(JournalEntry, on_delete=models.PROTECT, related_name="lines")
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="lines")
-    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="lines")
+    # account: served by line_account_history; grant: no query reads lines by grant.
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="lines", db_index=False
+    )
+    grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="lines", db_index=False)
     amount = models.DecimalField(**MONEY_FIELD)  # signed: negative leaves the account
 
     class Meta:
@@ -204,7 +227,10 @@ class GrantBalance(models.Model):
     """What is left of one grant in one account: the cached sum of their lines, so burn order
     never has to scan history."""
 
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="+")
+    # account: served by the unique (account, grant) index; grant: the expiry and void sweeps.
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     grant = models.ForeignKey(Grant, on_delete=models.PROTECT, related_name="balances")
     balance = models.DecimalField(default=0, **MONEY_FIELD)
 

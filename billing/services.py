@@ -27,13 +27,12 @@ from billing.ledger import (
     Actor,
     Leg,
     accounts_lock,
-    burn,
     entry_post,
     lab_ref,
     project_ref,
     reservation_ref,
-    spendable_remainders,
     transfer_legs,
+    transfer_post,
 )
 from billing.models import (
     DEFAULT_PRIORITY,
@@ -275,20 +274,20 @@ def _transfer(
 ) -> JournalEntry:
     """Move `amount` from one account to another, grant by grant in burn order."""
     debit_account, credit_account = accounts_lock(debit, credit)
-    remainders = spendable_remainders(
-        debit_account.pk, at=timezone.now(), spendable_only=spendable_only
-    )
-    portions = burn(remainders, amount)
-    if sum((portion for _, portion in portions), Decimal(0)) < amount:
-        raise shortfall()
-    return entry_post(
+    entry = transfer_post(
         type=type,
-        legs=transfer_legs(portions, debit=debit_account.pk, credit=credit_account.pk),
+        debit_id=debit_account.pk,
+        credit_id=credit_account.pk,
+        amount=amount,
+        spendable_only=spendable_only,
         actor=actor,
         reason=reason,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
     )
+    if entry is None:
+        raise shortfall()
+    return entry
 
 
 def _in_lab(project: Project, lab: Lab, message: str) -> None:

@@ -7,11 +7,12 @@ CREATE FUNCTION billing_entry_balanced() RETURNS trigger AS $$
 DECLARE
     unbalanced bigint;
 BEGIN
-    SELECT line.entry_id INTO unbalanced
-      FROM billing_journalline AS line
-     WHERE line.entry_id IN (SELECT DISTINCT entry_id FROM new_lines)
-     GROUP BY line.entry_id
-    HAVING SUM(line.amount) <> 0
+    -- Lines are append-only, so if the lines each statement adds to an entry sum to zero,
+    -- every entry does; the check reads only the new lines, never the table.
+    SELECT entry_id INTO unbalanced
+      FROM new_lines
+     GROUP BY entry_id
+    HAVING SUM(amount) <> 0
      LIMIT 1;
     IF unbalanced IS NOT NULL THEN
         RAISE EXCEPTION 'journal entry % does not sum to zero', unbalanced
@@ -21,7 +22,7 @@ BEGIN
 END
 $$ LANGUAGE plpgsql;
 
--- Statement level: an entry's lines are inserted in one statement and checked together.
+-- Statement level: the lines one statement adds are checked together.
 CREATE TRIGGER billing_journalline_balanced
     AFTER INSERT ON billing_journalline
     REFERENCING NEW TABLE AS new_lines

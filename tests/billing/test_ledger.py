@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.services import lab_create, project_create
 from billing import services
 from billing.errors import BudgetError, GrantNotExpiredError, InsufficientFundsError
+from billing.ledger import Leg, entry_post
 from billing.models import AccountType, EntryType, GrantCategory, JournalEntry, LedgerAccount
 from billing.selectors import grant_list, lab_balance, project_balances
 from core.money import AmountError
@@ -238,6 +239,8 @@ def test_the_database_refuses_an_unbalanced_entry_and_edits(lab):
         entry.lines.model.objects.create(
             entry=entry, account=line.account, grant=line.grant, amount=D("1")
         )
+    with pytest.raises(IntegrityError, match="does not sum to zero"), transaction.atomic():
+        entry_post(type=EntryType.TOP_UP, legs=[Leg(line.account_id, line.grant_id, D("5"))])
     with (
         pytest.raises(IntegrityError, match="append-only"),
         transaction.atomic(),
