@@ -77,8 +77,9 @@ def run() -> int:
     postgres, redis, env = _start_stack()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        if _manage(env, "migrate", "--noinput") or _manage(env, "seed_demo"):
-            return 1
+        for command in (["migrate", "--noinput"], ["seed_demo"], ["seed_demo_credits"]):
+            if _manage(env, *command):
+                return 1
         print(
             f"\nMeterbill is starting at http://{WEB_ADDRESS}/  (admin: /admin/, API docs:"
             " /api/docs/)\nGet a service token in another terminal with:\n"

@@ -102,3 +102,18 @@ def test_lab_admin_page_shows_balances_and_grants(client, operator, cast):
     assert "Alpha" in page and "2.500000" in page
     for path in ["/admin/billing/grant/?q=Alice", "/admin/billing/ledgeraccount/?type__exact=vlab"]:
         assert client.get(path).status_code == 200
+
+
+@pytest.mark.django_db
+def test_demo_credits_load_once(settings, capsys):
+    from django.core.management import call_command
+
+    settings.DEBUG = True
+    call_command("seed_demo")
+    call_command("seed_demo_credits")
+    call_command("seed_demo_credits")
+    from accounts.models import Lab
+
+    lab = Lab.objects.get(personal_for__email="demo@example.com")
+    state = lab_balance(lab)
+    assert (state.balance, state.projects[0].balance) == (Decimal("75"), Decimal("25"))

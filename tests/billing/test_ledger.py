@@ -277,3 +277,25 @@ def test_ledger_audit_command_passes_on_a_sound_ledger(lab, capsys):
 def test_project_balances_for_a_new_project_are_zero(lab):
     project = project_create(lab=lab_create(name="Empty"), name="P")
     assert project_balances([project])[0].balance == 0
+
+
+@pytest.mark.django_db
+def test_history_pages_show_type_amount_grant_time_and_actor_to_members_only(cast):
+    from accounts.errors import LabNotFoundError, ProjectNotFoundError
+    from billing.selectors import history_page
+
+    grant = services.lab_top_up(lab=cast.lab, amount="9", actor=cast.alice)
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="4", actor=cast.alice)
+    services.budget_reverse(lab=cast.lab, project=cast.alpha, amount="1", actor=cast.bob)
+    lab_page = history_page(actor=cast.bob, lab=cast.lab, page_size=2)
+    assert lab_page.paginator.count == 3
+    newest = lab_page.object_list[0]
+    assert (newest.entry.type, newest.amount, newest.grant, newest.entry.actor_user) == (
+        EntryType.REVERSE, D("1"), grant, cast.bob
+    )  # fmt: skip
+    project_lines = history_page(actor=cast.alice, project=cast.alpha)
+    assert [line.amount for line in project_lines] == [D("-1"), D("4")]
+    with pytest.raises(LabNotFoundError):
+        history_page(actor=cast.charlie, lab=cast.lab)
+    with pytest.raises(ProjectNotFoundError):
+        history_page(actor=cast.charlie, project=cast.alpha)
