@@ -77,7 +77,12 @@ def run() -> int:
     postgres, redis, env = _start_stack()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for command in (["migrate", "--noinput"], ["seed_demo"], ["seed_demo_credits"]):
+        for command in (
+            ["migrate", "--noinput"],
+            ["seed_demo"],
+            ["seed_demo_credits"],
+            ["seed_demo_services"],
+        ):
             if _manage(env, *command):
                 return 1
         print(

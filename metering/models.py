@@ -1,1 +1,134 @@
-# Models arrive with the issues that build this app.
+"""What is sold and at what price: services, tiered prices with validity windows and lab
+overrides, and lab discounts. Jobs and usage arrive with the reservation and usage work."""
+
+from __future__ import annotations
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+
+from accounts.models import Lab
+from core.models import TimeStampedModel
+
+
+class ServiceType(models.TextChoices):
+    ONESHOT = "oneshot", "One-shot"
+    LONGRUN = "longrun", "Long-running"
+    STORAGE = "storage", "Storage"
+
+
+class Service(TimeStampedModel):
+    """A thing sold, named by the accounting-service's subtype (`ml-llm`, `single-cell-sim`)."""
+
+    slug = models.SlugField(max_length=64)
+    type = models.CharField(max_length=8, choices=ServiceType.choices)
+    name = models.CharField(max_length=200)
+    unit_label = models.CharField(max_length=32, help_text="e.g. token, second, byte-second")
+    display_scale = models.PositiveIntegerField(
+        default=1, help_text="Show prices per this many units, e.g. 1000 for 'per 1K tokens'."
+    )
+    is_active = models.BooleanField(default=True)
+    is_legacy = models.BooleanField(
+        default=False, help_text="Refused for new prices, estimates and reservations."
+    )
+
+    class Meta:
+        ordering = ["slug", "type"]
+        constraints = [
+            # The accounting-service prices a (type, subtype) pair, so one slug may be sold both
+            # as a one-shot and as a long-running service.
+            models.UniqueConstraint(fields=["type", "slug"], name="service_unique_type_slug"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.slug} ({self.type})"
+
+
+class Price(TimeStampedModel):
+    """A price version: tiers valid from `valid_from` until `valid_to` (open-ended if empty),
+    for every lab or, with `lab`, one lab only. Append-only once a job has used it."""
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="prices")
+    lab = models.ForeignKey(
+        Lab,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="prices",
+        help_text="Empty: the default price for every lab.",
+    )
+    valid_from = models.DateTimeField()
+    valid_to = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["service__slug", "-valid_from", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
+                name="price_valid_to_after_valid_from",
+            ),
+        ]
+        indexes = [
+            # price_current: the latest price of a service (for a lab) valid at a moment.
+            models.Index(fields=["service", "lab", "-valid_from"], name="price_lookup"),
+        ]
+
+    def __str__(self) -> str:
+        scope = f" for {self.lab}" if self.lab_id else ""
+        return f"{self.service} from {self.valid_from:%Y-%m-%d %H:%M}{scope}"
+
+
+class PriceTier(models.Model):
+    """Usage in [min_quantity, max_quantity) costs `multiplier` per unit, plus `fixed_cost`
+    once, when usage first goes above `min_quantity`."""
+
+    price = models.ForeignKey(Price, on_delete=models.CASCADE, related_name="tiers")
+    min_quantity = models.PositiveBigIntegerField()
+    max_quantity = models.PositiveBigIntegerField(null=True, blank=True)
+    fixed_cost = models.DecimalField(max_digits=30, decimal_places=12, default=0)
+    multiplier = models.DecimalField(max_digits=40, decimal_places=24)
+
+    class Meta:
+        ordering = ["min_quantity"]
+        constraints = [
+            models.UniqueConstraint(fields=["price", "min_quantity"], name="tier_unique_start"),
+            models.CheckConstraint(
+                condition=Q(max_quantity__isnull=True) | Q(max_quantity__gt=F("min_quantity")),
+                name="tier_max_above_min",
+            ),
+            models.CheckConstraint(
+                condition=Q(fixed_cost__gte=0, multiplier__gte=0), name="tier_costs_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        top = "∞" if self.max_quantity is None else self.max_quantity
+        return f"[{self.min_quantity}, {top}): {self.fixed_cost} + {self.multiplier}/unit"
+
+
+class Discount(TimeStampedModel):
+    """A fraction off a lab's charges while valid; the latest `valid_from` wins."""
+
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="discounts")
+    discount = models.DecimalField(
+        max_digits=7,
+        decimal_places=6,
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+    )
+    valid_from = models.DateTimeField()
+    valid_to = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["lab_id", "-valid_from", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(discount__gte=0, discount__lte=1), name="discount_between_0_and_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
+                name="discount_valid_to_after_valid_from",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.discount:%} off for {self.lab}"

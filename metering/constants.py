@@ -1,0 +1,15 @@
+"""The accounting-service's service subtypes (its app/constants.py and the SDK 0.6.8 enum)."""
+
+from __future__ import annotations
+
+SUBTYPES = [
+    "ion-channel-build", "ion-channel-sim", "ml-llm", "mcp", "ml-rag", "ml-retrieval",
+    "neuron-mesh-skeletonization", "notebook", "single-cell-build", "single-cell-sim",
+    "small-circuit-sim", "storage", "synaptome-build", "synaptome-sim", "single-sim", "pair-sim",
+    "small-sim", "microcircuit-sim", "region-sim", "system-sim", "whole-brain-sim",
+    "circuit-extraction", "circuit-simplification", "em-synapse-mapping",
+    "brian2-circuit-simulation", "emodel-features-extraction", "emodel-optimisation",
+    "emodel-validation", "synapse-parameterization-small", "synapse-parameterization-large",
+    "extracellular-recording-array-build",
+]  # fmt: skip
+LEGACY_SUBTYPES = {"ml-rag", "ml-retrieval"}

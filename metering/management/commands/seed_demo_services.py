@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from metering import services
+from metering.constants import LEGACY_SUBTYPES, SUBTYPES
+from metering.cost import Tier
+from metering.models import Service, ServiceType
+
+SINCE = datetime.fromisoformat("2024-01-01T00:00:00+00:00")
+# The accounting-service's test prices, and a linear price for everything else.
+DEMO_PRICES: dict[tuple[str, str], tuple[str, int, list[Tier]]] = {
+    ("oneshot", "ml-llm"): ("token", 1000, [Tier(0, None, Decimal(0), Decimal("0.00001"))]),
+    ("longrun", "single-cell-sim"): (
+        "instance-second",
+        3600,
+        [Tier(0, None, Decimal("1.5"), Decimal("0.01"))],
+    ),
+    ("storage", "storage"): (
+        "byte-second",
+        1,
+        [Tier(0, None, Decimal(0), Decimal("0.023") / (1024**3 * 30 * 86400))],
+    ),
+}
+
+
+class Command(BaseCommand):
+    help = "Create a service for every accounting-service subtype, with demo prices (idempotent)."
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        for slug in SUBTYPES:
+            kind = (
+                ServiceType.STORAGE
+                if slug == "storage"
+                else ServiceType.ONESHOT
+                if slug.startswith(("ml-", "mcp"))
+                else ServiceType.LONGRUN
+            )
+            unit, scale, tiers = DEMO_PRICES.get(
+                (kind, slug), ("unit", 1, [Tier(0, None, Decimal(0), Decimal("0.01"))])
+            )
+            service, created = Service.objects.get_or_create(
+                type=kind,
+                slug=slug,
+                defaults={
+                    "name": slug.replace("-", " ").capitalize(),
+                    "unit_label": unit,
+                    "display_scale": scale,
+                    "is_legacy": slug in LEGACY_SUBTYPES,
+                },
+            )
+            if created and not service.is_legacy:
+                services.price_create(service=service, tiers=tiers, valid_from=SINCE)
+        self.stdout.write(f"  {len(SUBTYPES)} services with demo prices (see /prices/)")

@@ -1,0 +1,67 @@
+"""Reads of services, prices and discounts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import Lab
+from metering.cost import Tier
+from metering.errors import MissingPriceError
+from metering.models import Discount, Price, Service
+
+ZERO = Decimal(0)
+
+
+def _valid_at(at: datetime) -> Q:
+    return Q(valid_from__lte=at) & (Q(valid_to__isnull=True) | Q(valid_to__gt=at))
+
+
+def price_current(*, service: Service, lab: Lab | None, at: datetime) -> Price:
+    """The lab's own price if one is valid at `at`, else the default price; among several,
+    the latest `valid_from`, then the newest. MissingPriceError when there is none."""
+    valid = Price.objects.filter(_valid_at(at), service=service).prefetch_related("tiers")
+    for scope in ([Q(lab=lab)] if lab is not None else []) + [Q(lab__isnull=True)]:
+        price = valid.filter(scope).order_by("-valid_from", "-id").first()
+        if price is not None:
+            return price
+    lab_part = lab.uuid if lab is not None else None
+    raise MissingPriceError(f"Missing price for: {lab_part} {service.type} {service.slug} {at}")
+
+
+def price_tiers(price: Price) -> list[Tier]:
+    return [
+        Tier(t.min_quantity, t.max_quantity, t.fixed_cost, t.multiplier) for t in price.tiers.all()
+    ]
+
+
+def discount_current(*, lab: Lab, at: datetime) -> Discount | None:
+    return Discount.objects.filter(_valid_at(at), lab=lab).order_by("-valid_from", "-id").first()
+
+
+def discount_rate(*, lab: Lab, at: datetime) -> Decimal:
+    discount = discount_current(lab=lab, at=at)
+    return discount.discount if discount is not None else ZERO
+
+
+@dataclass(frozen=True)
+class PublicPrice:
+    service: Service
+    price: Price
+    tiers: list[Tier]
+
+
+def public_price_list(*, at: datetime) -> list[PublicPrice]:
+    """Today's default price of every active service, for the public price page."""
+    rows = []
+    services: QuerySet[Service] = Service.objects.filter(is_active=True, is_legacy=False)
+    for service in services.order_by("type", "slug"):
+        try:
+            price = price_current(service=service, lab=None, at=at)
+        except MissingPriceError:
+            continue
+        rows.append(PublicPrice(service=service, price=price, tiers=price_tiers(price)))
+    return rows

@@ -1,0 +1,157 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from metering import selectors, services
+from metering.cost import Tier
+from metering.errors import MissingPriceError, PriceError
+from metering.models import Price, Service, ServiceType
+
+D = Decimal
+
+
+@pytest.fixture
+def llm(db):
+    return Service.objects.create(
+        slug="ml-llm", type=ServiceType.ONESHOT, name="LLM", unit_label="token", display_scale=1000
+    )
+
+
+def linear(multiplier):
+    return [Tier(0, None, D(0), D(multiplier))]
+
+
+@pytest.mark.django_db
+def test_lab_price_wins_over_default_and_latest_valid_from_wins(llm, cast):
+    now = timezone.now()
+    old = services.price_create(
+        service=llm, tiers=linear("0.1"), valid_from=now - timedelta(days=9)
+    )
+    new = services.price_create(
+        service=llm, tiers=linear("0.2"), valid_from=now - timedelta(days=1)
+    )
+    services.price_create(service=llm, tiers=linear("0.3"), valid_from=now + timedelta(days=1))
+    lab_only = services.price_create(
+        service=llm, tiers=linear("0.05"), valid_from=now - timedelta(days=5), lab=cast.lab
+    )
+    assert selectors.price_current(service=llm, lab=None, at=now) == new
+    assert selectors.price_current(service=llm, lab=cast.charlie_lab, at=now) == new
+    assert selectors.price_current(service=llm, lab=cast.lab, at=now) == lab_only
+    assert selectors.price_current(service=llm, lab=None, at=now - timedelta(days=3)) == old
+
+
+@pytest.mark.django_db
+def test_an_expired_price_no_longer_applies(llm):
+    now = timezone.now()
+    services.price_create(
+        service=llm, tiers=linear("0.1"), valid_from=now - timedelta(days=2), valid_to=now
+    )
+    with pytest.raises(MissingPriceError, match="Missing price for: None oneshot ml-llm"):
+        selectors.price_current(service=llm, lab=None, at=now)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tiers": [Tier(5, None, D(0), D(1))]}, "First tier must start at min_quantity=0"),
+        ({"tiers": [Tier(0, 10, D(0), D(1)), Tier(11, None, D(0), D(1))]}, "contiguous"),
+        ({"tiers": [Tier(0, None, D(0), D(1)), Tier(10, None, D(0), D(1))]}, "Only the last tier"),
+        ({"valid_to_days": -1}, "valid_to must be greater than valid_from"),
+    ],
+)
+def test_bad_prices_are_refused_and_nothing_is_written(llm, kwargs, message):
+    now = timezone.now()
+    valid_to = (
+        now + timedelta(days=kwargs.pop("valid_to_days")) if "valid_to_days" in kwargs else None
+    )
+    with pytest.raises(PriceError, match=message):
+        services.price_create(
+            service=llm, valid_from=now, valid_to=valid_to, **({"tiers": linear("1")} | kwargs)
+        )
+    assert Price.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_legacy_services_get_no_new_price(llm):
+    legacy = Service.objects.create(
+        slug="ml-retrieval",
+        type=ServiceType.ONESHOT,
+        name="old",
+        unit_label="query",
+        is_legacy=True,
+    )
+    with pytest.raises(PriceError, match="subtype `ml-retrieval` is legacy"):
+        services.price_create(service=legacy, tiers=linear("1"), valid_from=timezone.now())
+
+
+@pytest.mark.django_db
+def test_current_discount_is_the_latest_valid_one(cast):
+    now = timezone.now()
+    assert selectors.discount_rate(lab=cast.lab, at=now) == 0
+    services.discount_create(lab=cast.lab, discount=D("0.2"), valid_from=now - timedelta(days=3))
+    services.discount_create(lab=cast.lab, discount=D("0.1"), valid_from=now - timedelta(days=1))
+    assert selectors.discount_rate(lab=cast.lab, at=now) == D("0.1")
+    assert selectors.discount_rate(lab=cast.charlie_lab, at=now) == 0
+    with pytest.raises(PriceError):
+        services.discount_create(lab=cast.lab, discount=D("1.5"), valid_from=now)
+
+
+@pytest.mark.django_db
+def test_public_price_page_speaks_human_units(client, llm):
+    services.price_create(
+        service=llm, tiers=linear("0.00001"), valid_from=timezone.now() - timedelta(hours=1)
+    )
+    page = client.get("/prices/").content.decode()
+    assert "0.01 credits per 1K tokens" in page
+    assert "ml-llm" in page
+
+
+@pytest.mark.django_db
+def test_admin_refuses_non_contiguous_tiers_and_freezes_prices_in_effect(client, llm):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    now = timezone.now()
+    form = {
+        "service": llm.pk, "lab": "", "valid_from_0": now.strftime("%Y-%m-%d"),
+        "valid_from_1": now.strftime("%H:%M:%S"), "valid_to_0": "", "valid_to_1": "",
+        "tiers-TOTAL_FORMS": "2", "tiers-INITIAL_FORMS": "0",
+        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
+        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "100",
+        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "0.1",
+        "tiers-1-min_quantity": "150", "tiers-1-max_quantity": "",
+        "tiers-1-fixed_cost": "0", "tiers-1-multiplier": "0.05",
+    }  # fmt: skip
+    refused = client.post("/admin/metering/price/add/", form)
+    assert refused.status_code == 200
+    assert "Tiers must be contiguous" in refused.content.decode()
+    assert Price.objects.count() == 0
+    form["tiers-1-min_quantity"] = "100"
+    assert client.post("/admin/metering/price/add/", form).status_code == 302
+    price = Price.objects.get()
+    assert [t.min_quantity for t in price.tiers.all()] == [0, 100]
+    # In effect now: read-only, and it cannot be deleted.
+    assert (
+        client.post(f"/admin/metering/price/{price.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
+    assert client.post(f"/admin/metering/price/{price.pk}/change/", form).status_code == 403
+    assert "0.1" in client.get("/admin/metering/service/").content.decode()
+
+
+@pytest.mark.django_db
+def test_demo_services_cover_every_subtype_once(client):
+    from django.core.management import call_command
+
+    from metering.constants import SUBTYPES
+
+    call_command("seed_demo_services")
+    call_command("seed_demo_services")
+    assert sorted(Service.objects.values_list("slug", flat=True)) == sorted(SUBTYPES)
+    assert Price.objects.count() == len(SUBTYPES) - 2  # legacy subtypes get no price
+    page = client.get("/prices/").content.decode()
+    assert "0.01 credits per 1K tokens" in page
+    assert "ml-retrieval" not in page
