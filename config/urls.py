@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("api/v1/", include("accounts.api_urls")),
     path("api/accounting/", include("billing.api_urls")),
+    path("api/accounting/", include("metering.api_urls")),
 ]
 
 handler404 = "core.views.not_found"

@@ -40,7 +40,11 @@ class DecimalJSONParser(JSONParser):
 
 def _validation_details(detail: Any, loc: list[Any]) -> list[dict[str, Any]]:
     if isinstance(detail, dict):
-        return [d for key, value in detail.items() for d in _validation_details(value, [*loc, key])]
+        return [
+            d
+            for key, value in detail.items()
+            for d in _validation_details(value, loc if key == "non_field_errors" else [*loc, key])
+        ]
     if isinstance(detail, list):
         if all(isinstance(item, exceptions.ErrorDetail) for item in detail):
             return [{"type": item.code, "loc": loc, "msg": str(item)} for item in detail]

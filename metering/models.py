@@ -86,7 +86,8 @@ class PriceTier(models.Model):
     min_quantity = models.PositiveBigIntegerField()
     max_quantity = models.PositiveBigIntegerField(null=True, blank=True)
     fixed_cost = models.DecimalField(max_digits=30, decimal_places=12, default=0)
-    multiplier = models.DecimalField(max_digits=40, decimal_places=24)
+    # Per unit, at full precision: a storage price per byte-second is around 1e-17.
+    multiplier = models.DecimalField(max_digits=60, decimal_places=40)
 
     class Meta:
         ordering = ["min_quantity"]

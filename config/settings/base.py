@@ -156,6 +156,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"ServiceSubtypeEnum": "metering.constants.SUBTYPES"},
 }
 
 # Celery: JSON only, Redis broker, bounded tasks. Periodic tasks live in config/schedule.py.

@@ -1,0 +1,13 @@
+"""Accounting-service paths for prices, discounts and estimates, under /api/accounting/."""
+
+from django.urls import path
+
+from metering import api
+
+urlpatterns = [
+    path("price", api.PriceView.as_view()),
+    path("discount", api.DiscountView.as_view()),
+    path("discount/virtual-lab/<str:vlab_id>", api.LabDiscountsView.as_view()),
+    path("discount/virtual-lab/<str:vlab_id>/current", api.CurrentDiscountView.as_view()),
+    path("estimate/oneshot", api.EstimateView.as_view()),
+]
