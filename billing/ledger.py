@@ -143,13 +143,13 @@ SELECT (SELECT id FROM entry)
 _ENTRY_COLUMNS = """
     INSERT INTO billing_journalentry
         (uuid, type, created_at, actor_user_id, actor_token_id, reason, metadata,
-         idempotency_key, request_fingerprint)
+         idempotency_key, request_fingerprint, job_uuid)
 """
 
 _POST = (
     "WITH entry AS ("
     + _ENTRY_COLUMNS
-    + """    VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
+    + """    VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)
     RETURNING id
 ), legs (account_id, grant_id, amount) AS (
     VALUES {legs}
@@ -175,7 +175,7 @@ _TRANSFER = (
 ), entry AS ("""
     + _ENTRY_COLUMNS
     + """    SELECT %(uuid)s, %(type)s, %(at)s, %(actor_user)s, %(actor_token)s, %(reason)s,
-           %(metadata)s::jsonb, %(key)s, %(fingerprint)s
+           %(metadata)s::jsonb, %(key)s, %(fingerprint)s, %(job)s
       FROM covered WHERE ok
     RETURNING id
 ), legs (account_id, grant_id, amount) AS (
@@ -198,8 +198,10 @@ def _entry_new(
     metadata: dict[str, object] | None,
     idempotency_key: str | None,
     request_fingerprint: str,
+    job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
     return JournalEntry(
+        job_uuid=job_uuid,
         uuid=uuid_lib.uuid4(),
         type=type,
         created_at=timezone.now(),
@@ -227,6 +229,7 @@ def entry_post(
     metadata: dict[str, object] | None = None,
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
+    job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
     """Write one entry, its lines, the accounts' balances and the grants' remainders in one
     statement (one round trip). The accounts must be locked by the caller's transaction."""
@@ -240,6 +243,7 @@ def entry_post(
         metadata=metadata,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
+        job_uuid=job_uuid,
     )
     values = ", ".join(["(%s::bigint, %s::bigint, %s::numeric)"] * len(legs))
     params: list[object] = [
@@ -252,6 +256,7 @@ def entry_post(
         json.dumps(entry.metadata, default=str),
         entry.idempotency_key,
         entry.request_fingerprint,
+        entry.job_uuid,
     ]
     for leg in legs:
         params += [leg.account_id, leg.grant_id, leg.amount]
@@ -269,6 +274,7 @@ def transfer_post(
     reason: str = "",
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
+    job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry | None:
     """Move `amount` from one locked account to another, grant by grant in burn order, in one
     statement. Returns None, having written nothing, when the debited grants cannot cover it."""
@@ -279,6 +285,7 @@ def transfer_post(
         metadata=None,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
+        job_uuid=job_uuid,
     )
     params = {
         "debit": debit_id,
@@ -293,6 +300,7 @@ def transfer_post(
         "metadata": "{}",
         "key": idempotency_key,
         "fingerprint": request_fingerprint,
+        "job": job_uuid,
     }
     sql = _TRANSFER.format(spendable=_SPENDABLE if spendable_only else "")
     entry_id = _hot_execute(sql, params)[0][0]

@@ -181,6 +181,9 @@ class JournalEntry(models.Model):
     )
     reason = models.TextField(blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # The metering job a hold, release or charge belongs to (metering depends on billing, so a
+    # UUID, not a foreign key): what a job still holds is the sum of its entries' lines.
+    job_uuid = models.UUIDField(null=True, blank=True)
     # A replay with the same key returns this entry instead of moving money again.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True)
@@ -188,6 +191,12 @@ class JournalEntry(models.Model):
     class Meta:
         verbose_name_plural = "journal entries"
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # job_held: the entries of one job.
+            models.Index(
+                fields=["job_uuid"], condition=Q(job_uuid__isnull=False), name="entry_job"
+            ),
+        ]
         constraints = [
             # Replays find the first entry by key; entries without a key stay out of the index.
             models.UniqueConstraint(

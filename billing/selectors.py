@@ -163,3 +163,11 @@ def history_page(
         .order_by("-id")
     )
     return Paginator(lines, page_size).get_page(page)
+
+
+def job_held(*, job_uuid: uuid_lib.UUID) -> Decimal:
+    """What is still held for a job in its project's reservation account."""
+    total = JournalLine.objects.filter(
+        account__type=AccountType.RESERVATION, entry__job_uuid=job_uuid
+    ).aggregate(total=Sum("amount"))["total"]
+    return total or ZERO

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid as uuid_lib
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import Lab, Project, User
@@ -43,6 +45,7 @@ from billing.models import (
     GrantCategory,
     GrantSource,
     JournalEntry,
+    JournalLine,
     LedgerAccount,
 )
 from core.money import credits_parse
@@ -271,6 +274,7 @@ def _transfer(
     reason: str,
     idempotency_key: str | None,
     fingerprint: str,
+    job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
     """Move `amount` from one account to another, grant by grant in burn order."""
     debit_account, credit_account = accounts_lock(debit, credit)
@@ -284,6 +288,7 @@ def _transfer(
         reason=reason,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint,
+        job_uuid=job_uuid,
     )
     if entry is None:
         raise shortfall()
@@ -307,8 +312,9 @@ def _transfer_once(
     actor: Actor,
     reason: str,
     idempotency_key: str | None,
+    job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
-    fingerprint = _fingerprint(operation, debit=debit, credit=credit, amount=amount)
+    fingerprint = _fingerprint(operation, debit=debit, credit=credit, amount=amount, job=job_uuid)
     return _once(
         idempotency_key,
         fingerprint,
@@ -323,6 +329,7 @@ def _transfer_once(
             reason=reason,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
+            job_uuid=job_uuid,
         ),
         lambda entry: entry,
     )
@@ -410,15 +417,16 @@ def budget_move(
 # Holds: the ledger side of reservations (jobs live in metering) ------------------------------
 
 
-def funds_reserve(
+def hold_create(
     *,
     project: Project,
     amount: Decimal | str,
+    job_uuid: uuid_lib.UUID,
     actor: Actor = None,
-    metadata: dict[str, object] | None = None,
     idempotency_key: str | None = None,
 ) -> JournalEntry:
-    """Project → its reservation account; 402 when the spendable balance cannot cover it."""
+    """Hold credits for a job: project → its reservation account, spendable grants in burn
+    order. 402 INSUFFICIENT_FUNDS when the project cannot cover it; equality is allowed."""
     amount = credits_parse(amount)
     return _transfer_once(
         "reserve",
@@ -426,35 +434,55 @@ def funds_reserve(
         debit=project_ref(project),
         credit=reservation_ref(project),
         amount=amount,
-        shortfall=lambda: InsufficientFundsError(requested_amount=amount),
+        shortfall=lambda: InsufficientFundsError(
+            "Reservation not allowed because of insufficient funds", requested_amount=amount
+        ),
         actor=actor,
         reason="",
         idempotency_key=idempotency_key,
+        job_uuid=job_uuid,
     )
 
 
-def funds_release(
-    *,
-    project: Project,
-    amount: Decimal | str,
-    actor: Actor = None,
-    idempotency_key: str | None = None,
-) -> JournalEntry:
-    """Reservation account → project. Held money of any grant comes back, expired or not: the
-    expiry sweep then takes what an expired grant left in the project."""
-    amount = credits_parse(amount)
-    return _transfer_once(
-        "release",
+def _job_held_by_grant(reservation: LedgerAccount, job_uuid: uuid_lib.UUID) -> list[Leg]:
+    rows = (
+        JournalLine.objects.filter(account=reservation, entry__job_uuid=job_uuid)
+        .values("grant_id")
+        .annotate(held=Sum("amount"))
+        .filter(held__gt=0)
+        .order_by("grant_id")
+    )
+    return [Leg(reservation.pk, row["grant_id"], row["held"]) for row in rows]
+
+
+@transaction.atomic
+def hold_release(
+    *, project: Project, job_uuid: uuid_lib.UUID, actor: Actor = None, reason: str = ""
+) -> Decimal:
+    """Give back everything still held for a job, grant by grant, expired grants included
+    (the expiry sweep takes those from the project afterwards). Returns the amount; 0, with
+    nothing written, when nothing is held."""
+    budget, reservation = accounts_lock(project_ref(project), reservation_ref(project))
+    held = _job_held_by_grant(reservation, job_uuid)
+    if not held:
+        return Decimal(0)
+    legs = [
+        leg
+        for h in held
+        for leg in (
+            Leg(reservation.pk, h.grant_id, -h.amount),
+            Leg(budget.pk, h.grant_id, h.amount),
+        )
+    ]
+    entry_post(
         type=EntryType.RELEASE,
-        debit=reservation_ref(project),
-        credit=project_ref(project),
-        amount=amount,
-        spendable_only=False,
-        shortfall=lambda: BudgetError("Insufficient funds in the reservation account"),
+        legs=legs,
         actor=actor,
-        reason="",
-        idempotency_key=idempotency_key,
+        reason=reason,
+        job_uuid=job_uuid,
+        metadata={"reason": reason} if reason else None,
     )
+    return sum((h.amount for h in held), Decimal(0))
 
 
 # Money back to the system account ------------------------------------------------------------

@@ -37,12 +37,31 @@ def postgres_start(data_dir: Path, *, database: str, cleanup_mode: str = "stop")
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode=cleanup_mode)
+    _max_connections_ensure(server, data_dir)
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
         raise ValueError(f"not a plain database name: {database!r}")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     return Postgres(server=server, url=server.get_uri(database=database))
+
+
+# The default (100) is too few for the concurrency tests' hundred threads plus the suite.
+MAX_CONNECTIONS = 300
+
+
+def _max_connections_ensure(server: object, data_dir: Path) -> None:
+    """Raise max_connections once per cluster; it needs a restart, which keeps pgserver's
+    options (pg_ctl restart reuses them) and then re-reads the new postmaster."""
+    from pgserver._commands import pg_ctl
+    from pgserver.utils import PostmasterInfo
+
+    shown = server.psql("SHOW max_connections;")  # type: ignore[attr-defined]
+    if int(shown.split()[2]) >= MAX_CONNECTIONS:
+        return
+    server.psql(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS};")  # type: ignore[attr-defined]
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=data_dir, user=server.system_user)  # type: ignore[attr-defined]
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(data_dir)  # type: ignore[attr-defined]
 
 
 def free_port() -> int:

@@ -3,12 +3,15 @@ overrides, and lab discounts. Jobs and usage arrive with the reservation and usa
 
 from __future__ import annotations
 
+import uuid as uuid_lib
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from accounts.models import Lab
+from accounts.models import Lab, Project
 from core.models import TimeStampedModel
+from core.money import MONEY_FIELD
 
 
 class ServiceType(models.TextChoices):
@@ -133,3 +136,50 @@ class Discount(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.discount:%} off for {self.lab}"
+
+
+class Job(TimeStampedModel):
+    """One billable piece of work: its hold (reservation) and, later, its usage and charges.
+    `uuid` is the job_id callers see."""
+
+    uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="jobs")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="jobs")
+    price = models.ForeignKey(Price, null=True, on_delete=models.PROTECT, related_name="jobs")
+    user_uuid = models.UUIDField(null=True, blank=True)
+    group_uuid = models.UUIDField(null=True, blank=True)
+    name = models.CharField(max_length=255, blank=True)
+    reservation_params = models.JSONField(default=dict, blank=True)
+    usage_params = models.JSONField(default=dict, blank=True)
+    reserved_amount = models.DecimalField(default=0, **MONEY_FIELD)
+    reserved_at = models.DateTimeField(null=True, blank=True)
+    # An unused reservation is released after this moment (RESERVATION_TTL).
+    reservation_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_alive_at = models.DateTimeField(null=True, blank=True)
+    last_charged_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # reservations_expire: unused holds past their TTL.
+            models.Index(
+                fields=["reservation_expires_at"],
+                condition=Q(
+                    started_at__isnull=True, cancelled_at__isnull=True, finished_at__isnull=True
+                ),
+                name="job_reservation_expiry_queue",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(cancelled_at__isnull=True) | Q(started_at__isnull=True),
+                name="job_cancelled_only_before_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service} job {self.uuid}"

@@ -176,6 +176,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = beat_schedule(env)
 
+# A reservation never used (no usage, never started) is released after this many seconds.
+RESERVATION_TTL_SECONDS = env.int("RESERVATION_TTL_SECONDS", default=3600)
+
 # Stripe (used from the billing app only). Empty keys select the offline test-mode checkout.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")

@@ -44,7 +44,9 @@ def funded(gateway):
         {"vlab_id": VLAB, "proj_id": PROJ_2, "amount": 500},
         format="json",
     )
-    services.funds_reserve(project=Project.objects.get(uuid=PROJ), amount="100")
+    services.hold_create(
+        project=Project.objects.get(uuid=PROJ), amount="100", job_uuid=uuid.uuid4()
+    )
     return gateway
 
 

@@ -1,5 +1,6 @@
 """Exact balances after every budget operation, burn order, expiry and void."""
 
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -69,7 +70,7 @@ def test_top_up_assign_reverse_move_grant_and_deplete_exact_balances(lab, cast):
 @pytest.mark.django_db
 def test_deplete_leaves_held_money_alone(lab, cast):
     services.budget_grant(project=cast.alpha, amount="100")
-    services.funds_reserve(project=cast.alpha, amount="30")
+    services.hold_create(project=cast.alpha, amount="30", job_uuid=uuid.uuid4())
     assert services.project_deplete(project=cast.alpha) == D("70")
     assert balances(lab)["Alpha"] == (0, D("30"))
 
@@ -116,7 +117,7 @@ def test_bad_amounts_are_refused_before_anything_is_written(lab, amount):
 def test_reserving_more_than_the_project_has_is_402(cast):
     services.budget_grant(project=cast.alpha, amount="10")
     with pytest.raises(InsufficientFundsError) as raised:
-        services.funds_reserve(project=cast.alpha, amount="10.000001")
+        services.hold_create(project=cast.alpha, amount="10.000001", job_uuid=uuid.uuid4())
     assert raised.value.details == {"requested_amount": "10.000001"}
 
 
@@ -167,7 +168,8 @@ def test_grant_expiry_takes_back_lab_and_project_money_but_not_held_money(lab, c
     services.lab_top_up(lab=lab, amount="7")  # a second grant that does not expire
     services.budget_assign(lab=lab, project=cast.alpha, amount="40")
     services.budget_assign(lab=lab, project=cast.beta, amount="25")
-    services.funds_reserve(project=cast.alpha, amount="15")
+    job = uuid.uuid4()
+    services.hold_create(project=cast.alpha, amount="15", job_uuid=job)
     assert balances(lab) == {"lab": D("42"), "Alpha": (D("25"), D("15")), "Beta": (D("25"), 0)}
 
     with pytest.raises(GrantNotExpiredError):
@@ -179,11 +181,12 @@ def test_grant_expiry_takes_back_lab_and_project_money_but_not_held_money(lab, c
         assert balances(lab) == {"lab": D("7"), "Alpha": (0, D("15")), "Beta": (0, 0)}
         assert services.grant_expire(grant=grant) == 0  # again: nothing more to take
         # The reservation is released later: the expired money returns to the project ...
-        services.funds_release(project=cast.alpha, amount="15")
+        assert services.hold_release(project=cast.alpha, job_uuid=job) == D("15")
+        assert services.hold_release(project=cast.alpha, job_uuid=job) == 0  # nothing left
         assert balances(lab)["Alpha"] == (D("15"), 0)
         # ... is not spendable there, and the next sweep takes it back.
         with pytest.raises(InsufficientFundsError):
-            services.funds_reserve(project=cast.alpha, amount="1")
+            services.hold_create(project=cast.alpha, amount="1", job_uuid=uuid.uuid4())
         assert services.grant_expire(grant=grant) == D("15")
     assert balances(lab)["Alpha"] == (0, 0)
     entries = JournalEntry.objects.filter(type=EntryType.EXPIRE)
