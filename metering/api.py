@@ -14,15 +14,21 @@ from rest_framework.exceptions import ErrorDetail
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts import selectors as account_selectors
 from accounts.errors import LabNotFoundError
 from billing.api import AccountingTokenView, GlobalTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from core.money import credits_format_cents
-from metering import selectors, services
+from metering import reservations, selectors, services
 from metering.constants import LEGACY_SUBTYPES, SUBTYPES
 from metering.cost import Tier, usage_cost
-from metering.errors import MissingPriceError, NoCurrentDiscountError, PriceError
-from metering.models import Discount, Service, ServiceType
+from metering.errors import (
+    JobNotFoundError,
+    MissingPriceError,
+    NoCurrentDiscountError,
+    PriceError,
+)
+from metering.models import Discount, Job, Service, ServiceType
 
 
 class AwareDateTimeField(serializers.DateTimeField):
@@ -251,3 +257,113 @@ class EstimateView(AccountingTokenView):
             selectors.discount_rate(lab=project.lab, at=now),
         )
         return envelope("Cost estimation for oneshot job", {"cost": credits_format_cents(cost)})
+
+
+class ReservationIn(StrictSerializer):
+    proj_id = serializers.UUIDField()
+    user_id = serializers.UUIDField()
+    group_id = serializers.UUIDField(allow_null=True, required=False)
+    name = serializers.CharField(max_length=255, allow_null=True, allow_blank=True, required=False)
+    subtype = subtype_field()
+
+    def validate_subtype(self, value: str) -> str:
+        return _not_legacy(value)
+
+
+class OneshotReservationIn(ReservationIn):
+    type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
+    count = serializers.IntegerField(min_value=0)
+
+
+class LongrunReservationIn(ReservationIn):
+    type = serializers.ChoiceField(choices=[ServiceType.LONGRUN.value])
+    duration = serializers.IntegerField(min_value=0)
+    instances = serializers.IntegerField(min_value=0)
+    instance_type = serializers.CharField(allow_null=True, allow_blank=True, required=False)
+
+
+class ReservationView(AccountingTokenView):
+    kind = ServiceType.ONESHOT
+    serializer_class: type[ReservationIn] = OneshotReservationIn
+    message = "Oneshot reservation executed"
+
+    def quantity_and_params(self, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return data["count"], {"count": data["count"]}
+
+    def post(self, request: Request) -> Response:
+        data = self.valid(self.serializer_class)
+        project = self.project(data["proj_id"], message="Account not found")
+        now = timezone.now()
+        service = Service.objects.filter(type=self.kind, slug=data["subtype"]).first()
+        if service is None:
+            raise MissingPriceError(
+                f"Missing price for: {project.lab.uuid} {self.kind} {data['subtype']} {now}"
+            )
+        quantity, params = self.quantity_and_params(data)
+        job = reservations.reservation_create(
+            project=project,
+            service=service,
+            quantity=quantity,
+            params=params,
+            user_uuid=data["user_id"],
+            group_uuid=data.get("group_id"),
+            name=data.get("name") or "",
+            actor=self.token,
+        )
+        return envelope(
+            self.message,
+            {"job_id": str(job.uuid), "amount": str(job.reserved_amount)},
+            status.HTTP_201_CREATED,
+        )
+
+
+class OneshotReservationView(ReservationView):
+    @extend_schema(
+        request=OneshotReservationIn,
+        responses={201: enveloped("OneshotReservationOut")},
+        tags=["accounting: reservations"],
+    )
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+
+class LongrunReservationView(ReservationView):
+    kind = ServiceType.LONGRUN
+    serializer_class = LongrunReservationIn
+    message = "Longrun reservation executed"
+
+    def quantity_and_params(self, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        params = {
+            "duration": data["duration"],
+            "instances": data["instances"],
+            "instance_type": data.get("instance_type"),
+        }
+        return data["instances"] * data["duration"], params
+
+    @extend_schema(
+        request=LongrunReservationIn,
+        responses={201: enveloped("LongrunReservationOut")},
+        tags=["accounting: reservations"],
+    )
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+
+class ReleaseView(AccountingTokenView):
+    kind = ServiceType.ONESHOT
+    message = "Oneshot reservation has been released"
+
+    @extend_schema(responses=enveloped("ReleaseOut"), tags=["accounting: reservations"])
+    def delete(self, request: Request, job_id: str) -> Response:
+        key = self.path_uuid(job_id, "job_id")
+        visible = account_selectors.project_list(actor=self.token)
+        job = Job.objects.filter(uuid=key, service__type=self.kind, project__in=visible).first()
+        if job is None:
+            raise JobNotFoundError()
+        job, released = reservations.reservation_release(job=job, actor=self.token)
+        return envelope(self.message, {"job_id": str(job.uuid), "amount": str(released)})
+
+
+class LongrunReleaseView(ReleaseView):
+    kind = ServiceType.LONGRUN
+    message = "Longrun reservation has been released"

@@ -10,4 +10,8 @@ urlpatterns = [
     path("discount/virtual-lab/<str:vlab_id>", api.LabDiscountsView.as_view()),
     path("discount/virtual-lab/<str:vlab_id>/current", api.CurrentDiscountView.as_view()),
     path("estimate/oneshot", api.EstimateView.as_view()),
+    path("reservation/oneshot", api.OneshotReservationView.as_view()),
+    path("reservation/longrun", api.LongrunReservationView.as_view()),
+    path("reservation/oneshot/<str:job_id>", api.ReleaseView.as_view()),
+    path("reservation/longrun/<str:job_id>", api.LongrunReleaseView.as_view()),
 ]
