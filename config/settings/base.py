@@ -156,7 +156,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"ServiceSubtypeEnum": "metering.constants.SUBTYPES"},
+    "ENUM_NAME_OVERRIDES": {
+        "ServiceSubtypeEnum": "metering.constants.SUBTYPES",
+        "ServiceTypeEnum": "metering.models.ServiceType",
+        "OneshotTypeEnum": ["oneshot"],
+        "LongrunTypeEnum": ["longrun"],
+    },
 }
 
 # Celery: JSON only, Redis broker, bounded tasks. Periodic tasks live in config/schedule.py.
