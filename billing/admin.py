@@ -147,11 +147,7 @@ class GrantAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status")
     def status(self, grant: Grant) -> str:
-        if grant.voided_at:
-            return "voided"
-        if grant.expired_at or (grant.expires_at and grant.expires_at <= timezone.now()):
-            return "expired"
-        return "scheduled" if grant.effective_at > timezone.now() else "active"
+        return grant.status()
 
     def get_form(self, request: HttpRequest, obj: Grant | None = None, **kwargs: Any) -> Any:
         if obj is None:

@@ -129,14 +129,14 @@ class Grant(TimeStampedModel):
     def __str__(self) -> str:
         return f"{self.get_category_display()} grant {self.amount} ({self.lab})"
 
-    def is_spendable(self, at: object = None) -> bool:
-        now = at or timezone.now()
-        return (
-            self.voided_at is None
-            and self.expired_at is None
-            and self.effective_at <= now  # type: ignore[operator]
-            and (self.expires_at is None or self.expires_at > now)  # type: ignore[operator]
-        )
+    def status(self) -> str:
+        """voided, expired, scheduled (not in effect yet) or active."""
+        now = timezone.now()
+        if self.voided_at:
+            return "voided"
+        if self.expired_at or (self.expires_at and self.expires_at <= now):
+            return "expired"
+        return "scheduled" if self.effective_at > now else "active"
 
 
 class EntryType(models.TextChoices):

@@ -107,14 +107,7 @@ class GrantRow:
 
     @property
     def status(self) -> str:
-        grant, now = self.grant, timezone.now()
-        if grant.voided_at:
-            return "voided"
-        if grant.expired_at or (grant.expires_at and grant.expires_at <= now):
-            return "expired"
-        if grant.effective_at > now:
-            return "scheduled"
-        return "active"
+        return self.grant.status()
 
 
 def grant_list(*, actor: Actor, lab: Lab) -> list[GrantRow]:
