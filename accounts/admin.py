@@ -70,6 +70,10 @@ class ProjectAdmin(admin.ModelAdmin):
     autocomplete_fields = ["lab"]
     list_select_related = ["lab"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> Any:
+        # A project's ledger accounts and the credits in them belong to its lab: never move it.
+        return [*self.readonly_fields, "lab"] if obj is not None else self.readonly_fields
+
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from django.db.models import Q
@@ -12,6 +13,9 @@ from rest_framework.request import Request
 from accounts.models import ServiceToken
 from core.secrets import secret_matches
 
+# Anything else (a NUL byte, spaces, unicode) is refused before it reaches the database.
+TOKEN_SHAPE = re.compile(r"st_[a-z0-9]{1,32}_[A-Za-z0-9_\-]{1,200}")
+
 # last_used_at is written at most this often per token, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -19,6 +23,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 def service_token_authenticate(raw: str) -> ServiceToken | None:
     """The active token for a presented string, or None. Constant-time secret comparison."""
     if not raw.startswith(ServiceToken.PREFIX):
+        return None
+    if not TOKEN_SHAPE.fullmatch(raw):
         return None
     lookup_id, sep, secret = raw.removeprefix(ServiceToken.PREFIX).partition("_")
     if not sep or not lookup_id or not secret:

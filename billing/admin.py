@@ -184,7 +184,10 @@ class GrantAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         pass  # nothing related to save: the service wrote everything
 
-    @admin.action(description="Void selected grants (returns what is left to the system)")
+    @admin.action(
+        description="Void selected grants (returns what is left to the system)",
+        permissions=["change"],
+    )
     def void(self, request: HttpRequest, queryset: QuerySet[Grant]) -> HttpResponse | None:
         form = VoidForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():

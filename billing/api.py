@@ -153,7 +153,11 @@ class VirtualLabAccountView(GlobalTokenView):
             raise ConflictError("Virtual lab already exists") from exc
         return envelope(
             "Virtual lab created",
-            {"id": str(lab.uuid), "name": lab.name, "balance": str(balance or 0)},
+            {
+                "id": str(lab.uuid),
+                "name": lab.name,
+                "balance": str(balance if balance is not None else 0),
+            },
             status.HTTP_201_CREATED,
         )
 
@@ -191,7 +195,8 @@ class ProjectAccountView(AccountingTokenView):
 def _project_balance_out(balance: selectors.ProjectBalance) -> dict[str, str]:
     return {
         "proj_id": str(balance.project.uuid),
-        "balance": credits_format_cents(balance.balance),
+        # What can be spent now, so a 402/400 always means "more than this balance".
+        "balance": credits_format_cents(balance.spendable),
         "reservation": credits_format_cents(balance.reserved),
     }
 
@@ -223,7 +228,7 @@ class LabBalanceView(AccountingTokenView):
         state = selectors.lab_balance(self.lab(self.path_uuid(vlab_id, "vlab_id")))
         data: dict[str, Any] = {
             "vlab_id": str(state.lab.uuid),
-            "balance": credits_format_cents(state.balance),
+            "balance": credits_format_cents(state.spendable),
         }
         message = "Balance for virtual-lab"
         if include in {"true", "1", "yes"}:

@@ -30,6 +30,8 @@ class LedgerAccount(TimeStampedModel):
 
     # The system account's id until a client claims it with POST /api/accounting/account/system.
     UNCLAIMED_SYSTEM_UUID = uuid.UUID("00000000-0000-0000-0000-000000000000")
+    # Below every generated id, so the system account is always locked first.
+    SYSTEM_ID = 0
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     type = models.CharField(max_length=4, choices=AccountType.choices)

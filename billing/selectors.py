@@ -23,7 +23,8 @@ ZERO = Decimal(0)
 @dataclass(frozen=True)
 class ProjectBalance:
     project: Project
-    balance: Decimal  # the project's budget: what it can spend or reserve
+    balance: Decimal  # the project's budget account
+    spendable: Decimal  # of which grants in effect, not expired or voided: what it can reserve
     reserved: Decimal  # held by open reservations
 
 
@@ -61,10 +62,21 @@ def project_balances(projects: list[Project]) -> list[ProjectBalance]:
         project__in=projects, type__in=[AccountType.PROJECT, AccountType.RESERVATION]
     ).values_list("project_id", "type", "balance")
     by_project: dict[tuple[int, str], Decimal] = {(p, t): b for p, t, b in accounts}
+    spendable = dict(
+        GrantBalance.objects.filter(
+            _spendable(timezone.now()),
+            account__project__in=projects,
+            account__type=AccountType.PROJECT,
+            balance__gt=0,
+        )
+        .values_list("account__project_id")
+        .annotate(total=Sum("balance"))
+    )
     return [
         ProjectBalance(
             project=project,
             balance=by_project.get((project.pk, AccountType.PROJECT), ZERO),
+            spendable=spendable.get(project.pk, ZERO),
             reserved=by_project.get((project.pk, AccountType.RESERVATION), ZERO),
         )
         for project in projects

@@ -48,7 +48,7 @@ from billing.models import (
     JournalLine,
     LedgerAccount,
 )
-from core.money import credits_parse
+from core.money import credits_parse, credits_quantize
 
 T = TypeVar("T")
 
@@ -57,9 +57,15 @@ T = TypeVar("T")
 
 
 def system_account_get_or_create() -> LedgerAccount:
+    """The system account has id 0, below every other account, so locking in id order always
+    takes it first; the migration creates it, this recreates it after a test flush."""
     account, _ = LedgerAccount.objects.get_or_create(
         type=AccountType.SYSTEM,
-        defaults={"uuid": LedgerAccount.UNCLAIMED_SYSTEM_UUID, "name": "System"},
+        defaults={
+            "id": LedgerAccount.SYSTEM_ID,
+            "uuid": LedgerAccount.UNCLAIMED_SYSTEM_UUID,
+            "name": "System",
+        },
     )
     return account
 
@@ -90,7 +96,12 @@ def project_accounts_open(*, project: Project) -> tuple[LedgerAccount, LedgerAcc
 
 
 def _fingerprint(operation: str, **params: object) -> str:
-    payload = json.dumps([operation, params], sort_keys=True, default=str)
+    """Equal requests give equal fingerprints: 1, "1.0" and "1.000000" are one amount."""
+
+    def plain(value: object) -> str:
+        return str(credits_quantize(value)) if isinstance(value, Decimal) else str(value)
+
+    payload = json.dumps([operation, params], sort_keys=True, default=plain)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -444,36 +455,48 @@ def hold_create(
     )
 
 
-def _job_held_by_grant(reservation: LedgerAccount, job_uuid: uuid_lib.UUID) -> list[Leg]:
+def _job_held_by_grant(
+    reservation: LedgerAccount, job_uuid: uuid_lib.UUID
+) -> list[tuple[int, Decimal, bool]]:
+    """(grant id, amount still held for the job, whether the grant is still spendable)."""
+    now = timezone.now()
     rows = (
         JournalLine.objects.filter(account=reservation, entry__job_uuid=job_uuid)
-        .values("grant_id")
+        .values("grant_id", "grant__expires_at", "grant__expired_at", "grant__voided_at")
         .annotate(held=Sum("amount"))
         .filter(held__gt=0)
         .order_by("grant_id")
     )
-    return [Leg(reservation.pk, row["grant_id"], row["held"]) for row in rows]
+    return [
+        (
+            row["grant_id"],
+            row["held"],
+            row["grant__voided_at"] is None
+            and row["grant__expired_at"] is None
+            and (row["grant__expires_at"] is None or row["grant__expires_at"] > now),
+        )
+        for row in rows
+    ]
 
 
 @transaction.atomic
 def hold_release(
     *, project: Project, job_uuid: uuid_lib.UUID, actor: Actor = None, reason: str = ""
 ) -> Decimal:
-    """Give back everything still held for a job, grant by grant, expired grants included
-    (the expiry sweep takes those from the project afterwards). Returns the amount; 0, with
-    nothing written, when nothing is held."""
-    budget, reservation = accounts_lock(project_ref(project), reservation_ref(project))
+    """Give back everything still held for a job, grant by grant: to the project, or, for a
+    grant that expired or was voided meanwhile, straight to the system account (that money
+    must not come back to life). Returns the amount; 0, writing nothing, when nothing is held."""
+    system_account_get_or_create()
+    system, budget, reservation = accounts_lock(
+        SYSTEM, project_ref(project), reservation_ref(project)
+    )
     held = _job_held_by_grant(reservation, job_uuid)
     if not held:
         return Decimal(0)
-    legs = [
-        leg
-        for h in held
-        for leg in (
-            Leg(reservation.pk, h.grant_id, -h.amount),
-            Leg(budget.pk, h.grant_id, h.amount),
-        )
-    ]
+    legs: list[Leg] = []
+    for grant_id, amount, spendable in held:
+        target = budget if spendable else system
+        legs += [Leg(reservation.pk, grant_id, -amount), Leg(target.pk, grant_id, amount)]
     entry_post(
         type=EntryType.RELEASE,
         legs=legs,
@@ -482,7 +505,7 @@ def hold_release(
         job_uuid=job_uuid,
         metadata={"reason": reason} if reason else None,
     )
-    return sum((h.amount for h in held), Decimal(0))
+    return sum((amount for _, amount, _ in held), Decimal(0))
 
 
 # Money back to the system account ------------------------------------------------------------
@@ -531,13 +554,21 @@ def project_deplete(*, project: Project, actor: Actor = None, reason: str = "") 
     )
 
 
+def _lab_accounts_lock(lab: Lab) -> tuple[LedgerAccount, list[LedgerAccount]]:
+    """Lock the system account and the lab's account, then every project account of the lab.
+    Ids rise in that order (system 0, a lab before its projects), so this keeps the global
+    id order; and with the lab and system locked, no project of the lab gains money unseen."""
+    system_account_get_or_create()
+    system, lab_account = accounts_lock(SYSTEM, lab_ref(lab))
+    project_ids = list(lab.projects.values_list("pk", flat=True))
+    budgets = accounts_lock(*(AccountRef(AccountType.PROJECT, pk) for pk in project_ids))
+    return system, [lab_account, *budgets]
+
+
 @transaction.atomic
 def lab_deplete(*, lab: Lab, actor: Actor = None, reason: str = "") -> Decimal:
     """The lab's balance and every project budget of the lab go back to the system account."""
-    system_account_get_or_create()
-    project_ids = list(lab.projects.values_list("pk", flat=True))
-    refs = [SYSTEM, lab_ref(lab), *(AccountRef(AccountType.PROJECT, pk) for pk in project_ids)]
-    system, *owned = accounts_lock(*refs)
+    system, owned = _lab_accounts_lock(lab)
     return _sweep(
         type=EntryType.DEPLETE,
         accounts=owned,
@@ -551,20 +582,9 @@ def lab_deplete(*, lab: Lab, actor: Actor = None, reason: str = "") -> Decimal:
 
 def _grant_sweep(*, grant: Grant, type: str, actor: Actor, reason: str) -> Decimal:
     """What is left of a grant in its lab and project accounts goes back to the system account.
-    Money held by open reservations stays: the job it is held for may still use it."""
-    system_account_get_or_create()
-    holders = list(
-        GrantBalance.objects.filter(
-            grant=grant,
-            balance__gt=0,
-            account__type__in=[AccountType.LAB, AccountType.PROJECT],
-        ).values_list("account__type", "account__lab_id", "account__project_id")
-    )
-    refs = [
-        AccountRef(kind, lab_id if kind == AccountType.LAB else project_id)
-        for kind, lab_id, project_id in holders
-    ]
-    system, *owned = accounts_lock(SYSTEM, *refs)
+    Money held by open reservations stays: the job it is held for may still use it; when the
+    hold is released, hold_release returns that part to the system account itself."""
+    system, owned = _lab_accounts_lock(grant.lab)
     return _sweep(type=type, accounts=owned, system=system, grant=grant, actor=actor, reason=reason)
 
 
@@ -572,7 +592,12 @@ def _grant_sweep(*, grant: Grant, type: str, actor: Actor, reason: str) -> Decim
 def grant_expire(*, grant: Grant, actor: Actor = None) -> Decimal:
     """Expire a grant past its expiry. Safe to run again: later calls sweep what reservations
     released since, and move nothing when nothing is left."""
-    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    # NO KEY: commits of lines that reference this grant take key-share locks on it.
+    grant = (
+        Grant.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("lab")
+        .get(pk=grant.pk)
+    )
     now = timezone.now()
     if grant.expires_at is None or grant.expires_at > now:
         raise GrantNotExpiredError()
@@ -585,7 +610,12 @@ def grant_expire(*, grant: Grant, actor: Actor = None) -> Decimal:
 @transaction.atomic
 def grant_void(*, grant: Grant, actor: Actor = None, reason: str = "") -> Decimal:
     """Void a grant: its remainder in the lab and projects goes back to the system account."""
-    grant = Grant.objects.select_for_update().get(pk=grant.pk)
+    # NO KEY: commits of lines that reference this grant take key-share locks on it.
+    grant = (
+        Grant.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("lab")
+        .get(pk=grant.pk)
+    )
     if grant.voided_at is None:
         grant.voided_at = timezone.now()
         grant.save(update_fields=["voided_at", "updated_at"])

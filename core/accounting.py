@@ -7,35 +7,22 @@ It answers like the service it replaces: `{"message", "data"}` on success, and
 
 from __future__ import annotations
 
-import json
 import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import api_exception_handler, error_body
 from core.money import AmountError, credits_parse
+from core.parsers import DecimalJSONParser
 
 
 def envelope(message: str, data: Any = None, status_code: int = status.HTTP_200_OK) -> Response:
     return Response({"message": message, "data": data}, status=status_code)
-
-
-class DecimalJSONParser(JSONParser):
-    """JSON numbers with a fraction become Decimal, never float."""
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        try:
-            return json.loads(stream.read().decode(encoding), parse_float=Decimal)
-        except ValueError as exc:
-            raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
 
 
 def _validation_details(detail: Any, loc: list[Any]) -> list[dict[str, Any]]:
@@ -47,9 +34,19 @@ def _validation_details(detail: Any, loc: list[Any]) -> list[dict[str, Any]]:
         ]
     if isinstance(detail, list):
         if all(isinstance(item, exceptions.ErrorDetail) for item in detail):
-            return [{"type": item.code, "loc": loc, "msg": str(item)} for item in detail]
+            return [_detail(item, loc) for item in detail]
         return [d for i, item in enumerate(detail) for d in _validation_details(item, [*loc, i])]
-    return [{"type": getattr(detail, "code", "invalid"), "loc": loc, "msg": str(detail)}]
+    return [_detail(detail, loc)]
+
+
+# DRF's codes where the reference (pydantic) has its own words.
+_REFERENCE_WORDS = {"required": ("missing", "Field required")}
+
+
+def _detail(item: Any, loc: list[Any]) -> dict[str, Any]:
+    code = getattr(item, "code", "invalid")
+    kind, message = _REFERENCE_WORDS.get(code, (code, str(item)))
+    return {"type": kind, "loc": loc, "msg": message}
 
 
 def accounting_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -124,7 +121,7 @@ class CreditsField(serializers.Field):
 class AccountingView(APIView):
     """Base of every /api/accounting/ view: service tokens only, Decimal JSON, reference errors."""
 
-    parser_classes = [DecimalJSONParser]
+    parser_classes = [DecimalJSONParser]  # also the default; stated because money depends on it
 
     def get_exception_handler(self):  # type: ignore[no-untyped-def]
         return accounting_exception_handler

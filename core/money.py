@@ -3,14 +3,15 @@ parsing refuses anything else rather than rounding it silently."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 CREDIT_PLACES = 6
 CREDIT_QUANTUM = Decimal(1).scaleb(-CREDIT_PLACES)  # 0.000001
 CENT = Decimal("0.01")
-# NUMERIC(24, 6): up to 10^18 credits.
+# NUMERIC(24, 6): balances up to 10^18 credits; one amount at most 10^12, so sums of many
+# never reach the column's limit.
 MONEY_FIELD = {"max_digits": 24, "decimal_places": CREDIT_PLACES}
-MAX_CREDITS = Decimal(10) ** 18
+MAX_CREDITS = Decimal(10) ** 12
 
 
 class AmountError(ValueError):
@@ -40,9 +41,13 @@ def credits_parse(value: object, *, positive: bool = True) -> Decimal:
 
 def credits_quantize(amount: Decimal) -> Decimal:
     """The one rounding rule for computed amounts (costs, charges): half-even to 0.000001."""
-    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
+    with localcontext() as context:
+        context.prec = 200  # a huge computed cost must round, not raise InvalidOperation
+        return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def credits_format_cents(amount: Decimal) -> str:
     """Two-decimal string, as the accounting-service prints balances ("400.00")."""
-    return str(amount.quantize(CENT, rounding=ROUND_HALF_EVEN))
+    with localcontext() as context:
+        context.prec = 200
+        return str(amount.quantize(CENT, rounding=ROUND_HALF_EVEN))

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from accounts.models import Project, ServiceToken, User
 from billing import services as billing
-from core.money import credits_quantize
+from billing.errors import InsufficientFundsError
+from core.money import MAX_CREDITS, credits_quantize
 from metering import selectors
 from metering.cost import usage_cost
 from metering.errors import JobAlreadyCancelledError, JobAlreadyStartedError
@@ -44,6 +45,10 @@ def reservation_create(
     price = selectors.price_current(service=service, lab=project.lab, at=now)
     discount = selectors.discount_rate(lab=project.lab, at=now)
     amount = credits_quantize(usage_cost(selectors.price_tiers(price), 0, quantity, discount))
+    if amount >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
+        raise InsufficientFundsError(
+            "Reservation not allowed because of insufficient funds", requested_amount=amount
+        )
     job = Job.objects.create(
         lab=project.lab,
         project=project,

@@ -57,7 +57,8 @@ def open_accounts(apps, schema_editor):
     Lab = apps.get_model("accounts", "Lab")
     Project = apps.get_model("accounts", "Project")
     LedgerAccount.objects.get_or_create(
-        type="sys", defaults={"uuid": "00000000-0000-0000-0000-000000000000", "name": "System"}
+        type="sys",
+        defaults={"id": 0, "uuid": "00000000-0000-0000-0000-000000000000", "name": "System"},
     )
     for lab in Lab.objects.all():
         LedgerAccount.objects.get_or_create(type="vlab", lab=lab, defaults={"name": lab.name})
