@@ -213,6 +213,11 @@ class SystemBalanceView(GlobalTokenView):
         return envelope("Balance for system", {"balance": credits_format_cents(balance)})
 
 
+# The boolean spellings the reference's query parsing (pydantic) accepts.
+TRUE_WORDS = {"true", "1", "yes", "on", "t", "y"}
+FALSE_WORDS = {"false", "0", "no", "off", "f", "n"}
+
+
 class LabBalanceView(AccountingTokenView):
     @extend_schema(
         parameters=[OpenApiParameter("include_projects", bool, default=False)],
@@ -221,7 +226,7 @@ class LabBalanceView(AccountingTokenView):
     )
     def get(self, request: Request, vlab_id: str) -> Response:
         include = request.query_params.get("include_projects", "false").lower()
-        if include not in {"true", "false", "1", "0", "yes", "no"}:
+        if include not in TRUE_WORDS | FALSE_WORDS:
             raise serializers.ValidationError(
                 {"include_projects": ["Input should be a valid boolean"]}
             )
@@ -231,7 +236,7 @@ class LabBalanceView(AccountingTokenView):
             "balance": credits_format_cents(state.spendable),
         }
         message = "Balance for virtual-lab"
-        if include in {"true", "1", "yes"}:
+        if include in TRUE_WORDS:
             data["projects"] = [_project_balance_out(p) for p in state.projects]
             message += " including projects"
         return envelope(message, data)

@@ -293,3 +293,15 @@ def test_a_lab_bound_token_reads_and_moves_only_its_own_lab(funded, token_client
     )
     assert own_assign.status_code == 200
     assert JournalEntry.objects.filter(actor_token__lab=cast.charlie_lab).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "listed"), [("on", True), ("t", True), ("off", False), ("n", False)]
+)
+def test_include_projects_takes_the_references_boolean_words(funded, flag, listed):
+    body = funded.get(f"/api/accounting/balance/virtual-lab/{VLAB}?include_projects={flag}").json()
+    assert ("projects" in body["data"]) is listed
+    assert (
+        funded.get(f"/api/accounting/balance/virtual-lab/{VLAB}?include_projects=maybe").status_code
+        == 422
+    )
