@@ -21,10 +21,9 @@ from core.accounting import StrictSerializer, envelope, enveloped
 from core.money import credits_format_cents
 from metering import reservations, selectors, services
 from metering.constants import LEGACY_SUBTYPES, SUBTYPES
-from metering.cost import Tier, usage_cost
+from metering.cost import Tier
 from metering.errors import (
     JobNotFoundError,
-    MissingPriceError,
     NoCurrentDiscountError,
     PriceError,
 )
@@ -243,18 +242,8 @@ class EstimateView(AccountingTokenView):
     def post(self, request: Request) -> Response:
         data = self.valid(EstimateIn)
         project = self.project(data["proj_id"])
-        now = timezone.now()
-        service = Service.objects.filter(type=data["type"], slug=data["subtype"]).first()
-        if service is None:
-            raise MissingPriceError(
-                f"Missing price for: {project.lab.uuid} {data['type']} {data['subtype']} {now}"
-            )
-        price = selectors.price_current(service=service, lab=project.lab, at=now)
-        cost = usage_cost(
-            selectors.price_tiers(price),
-            0,
-            data["count"],
-            selectors.discount_rate(lab=project.lab, at=now),
+        cost = selectors.cost_estimate(
+            project=project, kind=data["type"], subtype=data["subtype"], quantity=data["count"]
         )
         return envelope("Cost estimation for oneshot job", {"cost": credits_format_cents(cost)})
 
@@ -293,12 +282,9 @@ class ReservationView(AccountingTokenView):
     def post(self, request: Request) -> Response:
         data = self.valid(self.serializer_class)
         project = self.project(data["proj_id"], message="Account not found")
-        now = timezone.now()
-        service = Service.objects.filter(type=self.kind, slug=data["subtype"]).first()
-        if service is None:
-            raise MissingPriceError(
-                f"Missing price for: {project.lab.uuid} {self.kind} {data['subtype']} {now}"
-            )
+        service = selectors.service_priced(
+            kind=self.kind, subtype=data["subtype"], lab=project.lab, at=timezone.now()
+        )
         quantity, params = self.quantity_and_params(data)
         job = reservations.reservation_create(
             project=project,

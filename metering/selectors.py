@@ -7,9 +7,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from accounts.models import Lab
-from metering.cost import Tier
+from accounts.models import Lab, Project
+from metering.cost import Tier, usage_cost
 from metering.errors import MissingPriceError
 from metering.models import Discount, Price, Service
 
@@ -65,3 +66,20 @@ def public_price_list(*, at: datetime) -> list[PublicPrice]:
             continue
         rows.append(PublicPrice(service=service, price=price, tiers=price_tiers(price)))
     return rows
+
+
+def service_priced(*, kind: str, subtype: str, lab: Lab, at: datetime) -> Service:
+    """The service sold as (kind, subtype); MissingPriceError, in the reference's words, when
+    there is no such service (and so no price for it)."""
+    service = Service.objects.filter(type=kind, slug=subtype).first()
+    if service is None:
+        raise MissingPriceError(f"Missing price for: {lab.uuid} {kind} {subtype} {at}")
+    return service
+
+
+def cost_estimate(*, project: Project, kind: str, subtype: str, quantity: int) -> Decimal:
+    """What `quantity` units would cost the project now: its lab's price and discount."""
+    now = timezone.now()
+    service = service_priced(kind=kind, subtype=subtype, lab=project.lab, at=now)
+    price = price_current(service=service, lab=project.lab, at=now)
+    return usage_cost(price_tiers(price), 0, quantity, discount_rate(lab=project.lab, at=now))
