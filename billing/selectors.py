@@ -83,11 +83,6 @@ def project_balances(projects: list[Project]) -> list[ProjectBalance]:
     ]
 
 
-def lab_balance_get(*, actor: Actor, lab_uuid: uuid_lib.UUID | str) -> LabBalance:
-    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab_uuid)
-    return lab_balance(lab)
-
-
 def lab_balance(lab: Lab) -> LabBalance:
     """For a lab the caller has already been allowed to see."""
     account = LedgerAccount.objects.filter(type=AccountType.LAB, lab=lab).first()
@@ -99,11 +94,6 @@ def lab_balance(lab: Lab) -> LabBalance:
         spendable=_sum(held.filter(_spendable(timezone.now()))),
         projects=project_balances(projects),
     )
-
-
-def project_balance_get(*, actor: Actor, project_uuid: uuid_lib.UUID | str) -> ProjectBalance:
-    project = account_selectors.project_get(actor=actor, project_uuid=project_uuid)
-    return project_balances([project])[0]
 
 
 @dataclass(frozen=True)

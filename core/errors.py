@@ -50,18 +50,6 @@ class NotFoundError(ApiError):
     default_message = "Not found"
 
 
-class UnauthorizedError(ApiError):
-    status_code = status.HTTP_401_UNAUTHORIZED
-    error_code = "UNAUTHORIZED"
-    default_message = "Authentication required"
-
-
-class ForbiddenError(ApiError):
-    status_code = status.HTTP_403_FORBIDDEN
-    error_code = "FORBIDDEN"
-    default_message = "You do not have permission to do this"
-
-
 class ConflictError(ApiError):
     status_code = status.HTTP_409_CONFLICT
     error_code = "CONFLICT"
