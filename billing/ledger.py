@@ -171,7 +171,10 @@ _TRANSFER = (
     SELECT grant_id, LEAST(balance, %(amount)s - (through - balance)) AS amount
       FROM remainders_now WHERE through - balance < %(amount)s
 ), covered AS (
-    SELECT COALESCE(SUM(amount), 0) >= %(amount)s AS ok FROM portions
+    -- A project in debt (usage overshoot) spends nothing until its balance covers the amount.
+    SELECT COALESCE(SUM(amount), 0) >= %(amount)s
+       AND (SELECT balance FROM billing_ledgeraccount WHERE id = %(debit)s) >= %(amount)s AS ok
+      FROM portions
 ), entry AS ("""
     + _ENTRY_COLUMNS
     + """    SELECT %(uuid)s, %(type)s, %(at)s, %(actor_user)s, %(actor_token)s, %(reason)s,

@@ -72,15 +72,19 @@ def project_balances(projects: list[Project]) -> list[ProjectBalance]:
         .values_list("account__project_id")
         .annotate(total=Sum("balance"))
     )
-    return [
-        ProjectBalance(
-            project=project,
-            balance=by_project.get((project.pk, AccountType.PROJECT), ZERO),
-            spendable=spendable.get(project.pk, ZERO),
-            reserved=by_project.get((project.pk, AccountType.RESERVATION), ZERO),
+    rows = []
+    for project in projects:
+        balance = by_project.get((project.pk, AccountType.PROJECT), ZERO)
+        rows.append(
+            ProjectBalance(
+                project=project,
+                balance=balance,
+                # Below zero for a project in debt (usage overshoot): it owes that much.
+                spendable=min(spendable.get(project.pk, ZERO), balance),
+                reserved=by_project.get((project.pk, AccountType.RESERVATION), ZERO),
+            )
         )
-        for project in projects
-    ]
+    return rows
 
 
 def lab_balance(lab: Lab) -> LabBalance:

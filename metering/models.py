@@ -1,5 +1,5 @@
 """What is sold and at what price: services, tiered prices with validity windows and lab
-overrides, and lab discounts. Jobs and usage arrive with the reservation and usage work."""
+overrides, lab discounts, jobs (reservations, usage, charges) and batch usage events."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import uuid as uuid_lib
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
-from accounts.models import Lab, Project
+from accounts.models import Lab, Project, ServiceToken
 from core.models import TimeStampedModel
 from core.money import MONEY_FIELD
 
@@ -146,6 +147,8 @@ class Job(TimeStampedModel):
     lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="+")
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="jobs")
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="jobs")
+    kind = models.CharField(max_length=8, choices=ServiceType.choices)  # the service's type
+    # The price it was reserved (or, for storage, last charged) at.
     price = models.ForeignKey(Price, null=True, on_delete=models.PROTECT, related_name="jobs")
     user_uuid = models.UUIDField(null=True, blank=True)
     group_uuid = models.UUIDField(null=True, blank=True)
@@ -161,6 +164,12 @@ class Job(TimeStampedModel):
     last_charged_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # A long-running job whose heartbeats stopped: closed by the charger at this moment.
+    expired_at = models.DateTimeField(null=True, blank=True)
+    # Charged for good (final charge made, hold released): it shows in reports from then on.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # Net of refunds; equals the job's charge and refund lines on the system account.
+    charged_amount = models.DecimalField(default=0, **MONEY_FIELD)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -173,13 +182,100 @@ class Job(TimeStampedModel):
                 ),
                 name="job_reservation_expiry_queue",
             ),
+            # The chargers: started long-running and storage jobs not yet closed.
+            models.Index(
+                fields=["kind", "last_charged_at"],
+                condition=Q(started_at__isnull=False, closed_at__isnull=True),
+                name="job_charge_queue",
+            ),
+            # job_report: closed jobs of a project / of a lab / of everyone, newest first.
+            models.Index(
+                fields=["project", "-started_at", "id"],
+                condition=Q(closed_at__isnull=False),
+                name="job_report_project",
+            ),
+            models.Index(
+                fields=["lab", "-started_at", "id"],
+                condition=Q(closed_at__isnull=False),
+                name="job_report_lab",
+            ),
+            models.Index(
+                fields=["-started_at", "id"],
+                condition=Q(closed_at__isnull=False),
+                name="job_report_all",
+            ),
+            # longrun_open_list: long-running jobs neither finished nor cancelled, oldest first.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(kind="longrun", finished_at__isnull=True, cancelled_at__isnull=True),
+                name="job_longrun_open",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(cancelled_at__isnull=True) | Q(started_at__isnull=True),
                 name="job_cancelled_only_before_start",
             ),
+            # A project holds storage through one open interval at a time.
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=Q(kind="storage", finished_at__isnull=True),
+                name="job_one_open_storage_interval",
+            ),
+            models.CheckConstraint(
+                condition=Q(charged_amount__gte=0), name="job_charged_not_negative"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.service} job {self.uuid}"
+
+
+class UsageEventOutcome(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
+class UsageEvent(models.Model):
+    """One event of the batch ingestion API. Its id is unique per token, so a resent event finds
+    its first outcome. Accepted events are charged by the settlement task, aggregated per
+    project and service. Rejected ones are kept too: a resend gets the same answer."""
+
+    token = models.ForeignKey(
+        ServiceToken, on_delete=models.PROTECT, related_name="+", db_index=False
+    )  # served by usage_event_unique_per_token
+    event_id = models.CharField(max_length=255)
+    project = models.ForeignKey(
+        Project, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    service = models.ForeignKey(
+        Service, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    job = models.ForeignKey(
+        Job, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    key_ref = models.CharField(max_length=64, blank=True)  # the end-user API key, if any
+    units = models.PositiveBigIntegerField(default=0)
+    occurred_at = models.DateTimeField(null=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    outcome = models.CharField(max_length=8, choices=UsageEventOutcome.choices)
+    reason = models.CharField(max_length=255, blank=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["token", "event_id"], name="usage_event_unique_per_token"
+            ),
+        ]
+        indexes = [
+            # usage_events_settle: accepted events not charged yet, oldest first.
+            models.Index(
+                fields=["id"],
+                condition=Q(outcome="accepted", settled_at__isnull=True),
+                name="usage_event_settle_queue",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"usage event {self.event_id} ({self.outcome})"

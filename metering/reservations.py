@@ -53,6 +53,7 @@ def reservation_create(
         lab=project.lab,
         project=project,
         service=service,
+        kind=service.type,
         price=price,
         user_uuid=user_uuid,
         group_uuid=group_uuid,
