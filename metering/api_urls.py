@@ -1,8 +1,8 @@
-"""Accounting-service paths for prices, discounts and estimates, under /api/accounting/."""
+"""Accounting-service paths under /api/accounting/ (accounts and budgets: billing/api_urls.py)."""
 
 from django.urls import path
 
-from metering import api
+from metering import api, usage_api
 
 urlpatterns = [
     path("price", api.PriceView.as_view()),
@@ -14,4 +14,7 @@ urlpatterns = [
     path("reservation/longrun", api.LongrunReservationView.as_view()),
     path("reservation/oneshot/<str:job_id>", api.ReleaseView.as_view()),
     path("reservation/longrun/<str:job_id>", api.LongrunReleaseView.as_view()),
+    path("usage/oneshot", usage_api.OneshotUsageView.as_view()),
+    path("usage/longrun", usage_api.LongrunUsageView.as_view()),
+    path("usage/storage", usage_api.StorageUsageView.as_view()),
 ]

@@ -1,5 +1,6 @@
 """Settings shared by every environment. Configuration comes from the environment only."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -161,6 +162,7 @@ SPECTACULAR_SETTINGS = {
         "ServiceTypeEnum": "metering.models.ServiceType",
         "OneshotTypeEnum": ["oneshot"],
         "LongrunTypeEnum": ["longrun"],
+        "StorageEnum": ["storage"],
     },
 }
 
@@ -183,6 +185,17 @@ CELERY_BEAT_SCHEDULE = beat_schedule(env)
 
 # A reservation never used (no usage, never started) is released after this many seconds.
 RESERVATION_TTL_SECONDS = env.int("RESERVATION_TTL_SECONDS", default=3600)
+
+# Charging long-running and storage jobs (metering/usage.py), as the accounting-service does.
+LONGRUN_MIN_CHARGE_INTERVAL_SECONDS = env.int("LONGRUN_MIN_CHARGE_INTERVAL_SECONDS", default=60)
+LONGRUN_EXPIRY_SECONDS = env.int("LONGRUN_EXPIRY_SECONDS", default=3600)  # no heartbeat for this
+STORAGE_MIN_CHARGE_INTERVAL_SECONDS = env.int("STORAGE_MIN_CHARGE_INTERVAL_SECONDS", default=3600)
+# A running charge smaller than this waits for the next run (it is not lost: charges are
+# computed from cumulative usage).
+MIN_CHARGE_AMOUNT = Decimal(env.str("MIN_CHARGE_AMOUNT", default="0.000001"))
+# Usage timestamps are accepted from this far back and this far ahead of now.
+USAGE_MAX_PAST_SECONDS = env.int("USAGE_MAX_PAST_SECONDS", default=35 * 86400)
+USAGE_MAX_FUTURE_SECONDS = env.int("USAGE_MAX_FUTURE_SECONDS", default=300)
 
 # Stripe (used from the billing app only). Empty keys select the offline test-mode checkout.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
