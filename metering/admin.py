@@ -74,13 +74,16 @@ class PriceAdmin(admin.ModelAdmin):
     def tier_summary(self, price: Price) -> str:
         return format_html_join("; ", "{}", ((str(tier),) for tier in price.tiers.all()))
 
+    def _editable(self, price: Price | None) -> bool:
+        # Append-only: a price in effect may be charged at any moment, and one a job used
+        # must stay as it was charged; an operator adds a new version instead.
+        return price is None or (price.valid_from > timezone.now() and not price.jobs.exists())
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Append-only: a price that may have been charged is never rewritten or removed;
-        # an operator adds a new version (with a later valid_from) instead.
-        return obj is None or obj.valid_from > timezone.now()
+        return self._editable(obj) and super().has_delete_permission(request, obj)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return obj is None or obj.valid_from > timezone.now()
+        return self._editable(obj) and super().has_change_permission(request, obj)
 
 
 @admin.register(Discount)

@@ -155,3 +155,23 @@ def test_demo_services_cover_every_subtype_once(client):
     page = client.get("/prices/").content.decode()
     assert "0.01 credits per 1K tokens" in page
     assert "ml-retrieval" not in page
+
+
+@pytest.mark.django_db
+def test_admin_freezes_a_price_once_a_job_used_it(client, llm, cast):
+    from accounts.services import user_create
+    from metering.models import Job
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    price = services.price_create(
+        service=llm, tiers=linear("0.1"), valid_from=timezone.now() + timedelta(days=1)
+    )
+    change = f"/admin/metering/price/{price.pk}/change/"
+    assert 'name="_save"' in client.get(change).content.decode()  # scheduled, unused: editable
+    Job.objects.create(lab=cast.lab, project=cast.alpha, service=llm, kind=llm.type, price=price)
+    page = client.get(change)
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()  # view only
+    assert (
+        client.post(f"/admin/metering/price/{price.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
