@@ -33,10 +33,12 @@ def service_token_authenticate(raw: str) -> ServiceToken | None:
     if token is None or not secret_matches(secret, token.secret_hash) or not token.is_active:
         return None
     now = timezone.now()
-    ServiceToken.objects.filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION),
-        pk=token.pk,
-    ).update(last_used_at=now)
+    stale = now - LAST_USED_RESOLUTION
+    if token.last_used_at is None or token.last_used_at < stale:
+        # Conditional, so concurrent requests of one token write it once.
+        ServiceToken.objects.filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=token.pk
+        ).update(last_used_at=now)
     return token
 
 

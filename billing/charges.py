@@ -58,14 +58,24 @@ def _held_in_burn_order(
     reservation: LedgerAccount, job_uuid: uuid_lib.UUID
 ) -> list[tuple[Grant, Decimal]]:
     """What the job still holds, grant by grant, in burn order."""
-    rows = dict(
-        JournalLine.objects.filter(account=reservation, entry__job_uuid=job_uuid)
-        .values_list("grant_id")
-        .annotate(held=Sum("amount"))
+    grants = (
+        Grant.objects.filter(lines__account=reservation, lines__entry__job_uuid=job_uuid)
+        .annotate(held=Sum("lines__amount"))
         .filter(held__gt=0)
+        .order_by(*BURN_ORDER)
     )
-    grants = Grant.objects.filter(pk__in=rows).order_by(*BURN_ORDER)
-    return [(grant, rows[grant.pk]) for grant in grants]
+    return [(grant, grant.held) for grant in grants]
+
+
+def _accounts_lock(project: Project, *, with_reservation: bool = True) -> list[LedgerAccount]:
+    """System, project (and reservation) accounts, locked; the system account is created on
+    the rare first use after a flush rather than looked up on every charge."""
+    refs = [SYSTEM, project_ref(project)] + ([reservation_ref(project)] if with_reservation else [])
+    try:
+        return accounts_lock(*refs)
+    except LookupError:
+        system_account_get_or_create()
+        return accounts_lock(*refs)
 
 
 def _budget_in_burn_order(budget: LedgerAccount, at: datetime) -> list[tuple[Grant, Decimal]]:
@@ -135,10 +145,7 @@ def usage_charge(
     if amount < 0:
         raise ValueError("a charge cannot be negative; use usage_refund")
     now = timezone.now()
-    system_account_get_or_create()
-    system, budget, reservation = accounts_lock(
-        SYSTEM, project_ref(project), reservation_ref(project)
-    )
+    system, budget, reservation = _accounts_lock(project)
     held = _held_in_burn_order(reservation, job_uuid) if job_uuid else []
     from_hold = _take(held, amount)
     hold_part = sum((part for _, part in from_hold), ZERO)
@@ -205,8 +212,7 @@ def usage_refund(
     if amount <= 0:
         return ZERO
     now = timezone.now()
-    system_account_get_or_create()
-    system, budget = accounts_lock(SYSTEM, project_ref(project))
+    system, budget = _accounts_lock(project, with_reservation=False)
     charged = dict(
         JournalLine.objects.filter(
             account__type=AccountType.SYSTEM,

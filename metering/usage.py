@@ -12,14 +12,17 @@ last charge refunds the difference and closes the job; unused reservations expir
 from __future__ import annotations
 
 import logging
+import uuid as uuid_lib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from accounts import selectors as account_selectors
 from accounts.models import Project, ServiceToken
 from billing import charges
 from core.money import MAX_CREDITS, credits_quantize
@@ -28,6 +31,7 @@ from metering.cost import Tier, storage_cost, usage_cost
 from metering.errors import (
     JobAlreadyFinishedError,
     JobCancelledError,
+    JobNotFoundError,
     StorageOutOfOrderError,
     UsageError,
 )
@@ -46,8 +50,26 @@ class LongrunStatus:
     ALL = (STARTED, RUNNING, FINISHED)
 
 
+def _jobs_locked() -> QuerySet[Job]:
+    # OF self: the price is a nullable join, which FOR UPDATE cannot lock.
+    return Job.objects.select_for_update(of=("self",)).select_related(
+        "project__lab", "service", "price"
+    )
+
+
 def _locked(job: Job) -> Job:
-    return Job.objects.select_for_update().select_related("project__lab", "service").get(pk=job.pk)
+    return _jobs_locked().get(pk=job.pk)
+
+
+def _event_job_locked(job_uuid: uuid_lib.UUID, actor: Actor) -> Job:
+    """The job an event names, locked, among those the caller may see."""
+    jobs = _jobs_locked().filter(uuid=job_uuid)
+    if actor is not None:
+        jobs = jobs.filter(project__in=account_selectors.project_list(actor=actor))
+    job = jobs.first()
+    if job is None:
+        raise JobNotFoundError()
+    return job
 
 
 def _tiers(price: Price) -> list[Tier]:
@@ -107,7 +129,7 @@ def _usage_checked(job: Job, *, project: Project, kind: str, subtype: str) -> No
 
 def oneshot_usage_record(
     *,
-    job: Job,
+    job_uuid: uuid_lib.UUID,
     project: Project,
     subtype: str,
     count: int,
@@ -118,7 +140,7 @@ def oneshot_usage_record(
     """Settle a oneshot job: charge its cost (the hold first, the project for any excess) and
     release the rest. The same usage again is a no-op; different usage for a closed job is 409."""
     with transaction.atomic():
-        job = _locked(job)
+        job = _event_job_locked(job_uuid, actor)
         _usage_checked(job, project=project, kind=ServiceType.ONESHOT, subtype=subtype)
         if job.cancelled_at is not None:
             raise JobCancelledError()
@@ -188,7 +210,7 @@ def _longrun_start(job: Job, at: datetime, instances: int | None, instance_type:
 
 def longrun_event_record(
     *,
-    job: Job,
+    job_uuid: uuid_lib.UUID,
     project: Project,
     subtype: str,
     status: str,
@@ -201,7 +223,7 @@ def longrun_event_record(
     """Apply a `started`, `running` (heartbeat) or `finished` event. Repeats are no-ops. A
     `finished` charges the job up to its finish at once and releases the rest of its hold."""
     with transaction.atomic():
-        job = _locked(job)
+        job = _event_job_locked(job_uuid, actor)
         _usage_checked(job, project=project, kind=ServiceType.LONGRUN, subtype=subtype)
         if job.cancelled_at is not None:
             raise JobCancelledError()

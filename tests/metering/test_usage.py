@@ -65,7 +65,7 @@ def reserve_longrun(cast, sim, instances=1, duration=0):
 
 def event(job, status, seconds, instances=None, **kwargs):
     return usage.longrun_event_record(
-        job=job,
+        job_uuid=job.uuid,
         project=job.project,
         subtype="single-cell-sim",
         status=status,
@@ -102,7 +102,7 @@ def llm(clock, cast):
 
 def oneshot(job, count, **kwargs):
     return usage.oneshot_usage_record(
-        job=job, project=job.project, subtype="ml-llm", count=count, at=T0, **kwargs
+        job_uuid=job.uuid, project=job.project, subtype="ml-llm", count=count, at=T0, **kwargs
     )
 
 
@@ -157,14 +157,16 @@ def test_usage_that_does_not_match_its_job_is_refused(cast, llm, sim):
     job = reservation_create(project=cast.alpha, service=llm, quantity=1000, params={})
     with pytest.raises(UsageError, match="service_subtype"):
         usage.oneshot_usage_record(
-            job=job, project=cast.alpha, subtype="single-cell-sim", count=1, at=T0
+            job_uuid=job.uuid, project=cast.alpha, subtype="single-cell-sim", count=1, at=T0
         )
     with pytest.raises(UsageError, match="proj_id"):
-        usage.oneshot_usage_record(job=job, project=cast.beta, subtype="ml-llm", count=1, at=T0)
+        usage.oneshot_usage_record(
+            job_uuid=job.uuid, project=cast.beta, subtype="ml-llm", count=1, at=T0
+        )
     longrun = reserve_longrun(cast, sim)
     with pytest.raises(UsageError, match="service_type"):
         usage.oneshot_usage_record(
-            job=longrun, project=cast.alpha, subtype="single-cell-sim", count=1, at=T0
+            job_uuid=longrun.uuid, project=cast.alpha, subtype="single-cell-sim", count=1, at=T0
         )
 
 
@@ -200,7 +202,7 @@ def test_the_same_usage_posted_twenty_times_at_once_is_charged_once():
         try:
             barrier.wait()
             usage.oneshot_usage_record(
-                job=job, project=project, subtype="ml-llm", count=2 * 10**6, at=T0
+                job_uuid=job.uuid, project=project, subtype="ml-llm", count=2 * 10**6, at=T0
             )
         except Exception as exc:
             errors.append(exc)
@@ -258,12 +260,17 @@ def test_increments_of_a_tiered_price_add_up_exactly(cast, clock):
     billing.budget_grant(project=cast.alpha, amount="400")
     job = reserve_longrun(cast, service)
     usage.longrun_event_record(
-        job=job, project=cast.alpha, subtype="notebook", status="started", at=T0, instances=1
+        job_uuid=job.uuid,
+        project=cast.alpha,
+        subtype="notebook",
+        status="started",
+        at=T0,
+        instances=1,
     )
     charged = [charge_at(clock, job, s) for s in (60, 130)]
     clock.move_to(at(200))
     job = usage.longrun_event_record(
-        job=job, project=cast.alpha, subtype="notebook", status="finished", at=at(200)
+        job_uuid=job.uuid, project=cast.alpha, subtype="notebook", status="finished", at=at(200)
     )
     assert charged == [D("8.0"), D("5.5")]  # the reference's worked increments
     assert job.charged_amount == D("17.0")
