@@ -4,35 +4,47 @@ Services like those in billing/services.py (keyword-only, one transaction each);
 them when usage is posted or a worker settles it. A charge may take a project below zero (the
 overshoot DESIGN.md allows: usage already happened); the debt stays on a grant's remainder in
 the project account, and the project can reserve or move nothing until it is paid back.
+
+One implementation serves one charge and a worker's batch of thousands: the accounts are
+locked in one statement (in id order), what the jobs hold and what the projects have come in
+one query each, and every entry, line, balance and remainder is written in one statement.
 """
 
 from __future__ import annotations
 
+import json
 import uuid as uuid_lib
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import Project
+from accounts.models import Project, ServiceToken, User
 from billing.errors import InsufficientFundsError
-from billing.ledger import (
-    SYSTEM,
-    Actor,
-    Leg,
-    accounts_lock,
-    entry_post,
-    project_ref,
-    reservation_ref,
-)
-from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine, LedgerAccount
+from billing.ledger import Actor, Leg
+from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine
 from billing.services import system_account_get_or_create
 
 ZERO = Decimal(0)
 BURN_ORDER = ("priority", "expires_at", "created_at", "id")  # nulls last: PostgreSQL's default
+Lots = list[tuple[Grant, Decimal]]  # grant remainders, in burn order
+
+
+@dataclass(frozen=True)
+class ChargeOrder:
+    """One charge of a batch: `amount` of the project's usage, from the job's hold first."""
+
+    project: Project
+    amount: Decimal
+    job_uuid: uuid_lib.UUID | None = None
+    release_rest: bool = False  # give back what the job still holds afterwards
+    reason: str = ""
+    metadata: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,15 @@ class ChargeResult:
         return self.from_hold + self.from_project
 
 
+@dataclass(frozen=True)
+class _Entry:
+    type: str
+    legs: list[Leg]
+    reason: str
+    metadata: dict[str, object] | None
+    job_uuid: uuid_lib.UUID | None
+
+
 def _spendable(grant: Grant, at: datetime) -> bool:
     return (
         grant.voided_at is None
@@ -54,53 +75,95 @@ def _spendable(grant: Grant, at: datetime) -> bool:
     )
 
 
-def _held_in_burn_order(
-    reservation: LedgerAccount, job_uuid: uuid_lib.UUID
-) -> list[tuple[Grant, Decimal]]:
-    """What the job still holds, grant by grant, in burn order."""
-    grants = (
-        Grant.objects.filter(lines__account=reservation, lines__entry__job_uuid=job_uuid)
-        .annotate(held=Sum("lines__amount"))
-        .filter(held__gt=0)
-        .order_by(*BURN_ORDER)
+def _take(lots: Lots, amount: Decimal) -> Lots:
+    """Take up to `amount` from the lots in order; the lots keep what is left (in place)."""
+    taken = []
+    for index, (grant, available) in enumerate(lots):
+        if amount <= 0:
+            break
+        part = min(available, amount)
+        if part > 0:
+            taken.append((grant, part))
+            lots[index] = (grant, available - part)
+            amount -= part
+    return taken
+
+
+def _total(lots: Lots) -> Decimal:
+    return sum((part for _, part in lots), ZERO)
+
+
+def charge_accounts_lock(project_ids: Sequence[int]) -> dict[tuple[str, int | None], int]:
+    """Lock the system account and the projects' budget and reservation accounts in id order
+    (one statement); returns {(type, project id or None): account id}. A worker locks its whole
+    batch up front, so charging a job of it later takes no new lock out of order."""
+    sql = (
+        "SELECT id, type, project_id FROM billing_ledgeraccount"
+        " WHERE type = 'sys' OR (type IN ('proj', 'rsv') AND project_id = ANY(%s))"
+        " ORDER BY id FOR NO KEY UPDATE"
     )
-    return [(grant, grant.held) for grant in grants]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(project_ids)])
+        rows = cursor.fetchall()
+        if not any(kind == AccountType.SYSTEM for _, kind, _ in rows):
+            system_account_get_or_create()  # only after a test flush; the migration makes it
+            cursor.execute(sql, [list(project_ids)])
+            rows = cursor.fetchall()
+    return {(kind, project_id): pk for pk, kind, project_id in rows}
 
 
-def _accounts_lock(project: Project, *, with_reservation: bool = True) -> list[LedgerAccount]:
-    """System, project (and reservation) accounts, locked; the system account is created on
-    the rare first use after a flush rather than looked up on every charge."""
-    refs = [SYSTEM, project_ref(project)] + ([reservation_ref(project)] if with_reservation else [])
-    try:
-        return accounts_lock(*refs)
-    except LookupError:
-        system_account_get_or_create()
-        return accounts_lock(*refs)
+def _held_by_job(reservation_ids: list[int], job_uuids: list[uuid_lib.UUID]) -> dict:
+    """What each job still holds, grant by grant, in burn order: {job uuid: lots}."""
+    rows = (
+        JournalLine.objects.filter(account_id__in=reservation_ids, entry__job_uuid__in=job_uuids)
+        .values_list("entry__job_uuid", "grant_id")
+        .annotate(held=Sum("amount"))
+        .filter(held__gt=0)
+    )
+    amounts = {(job, grant_id): held for job, grant_id, held in rows}
+    grants = Grant.objects.in_bulk({grant_id for _, grant_id in amounts})
+    held: dict[uuid_lib.UUID, Lots] = defaultdict(list)
+    for (job, grant_id), amount in amounts.items():
+        held[job].append((grants[grant_id], amount))
+    for lots in held.values():
+        lots.sort(key=lambda lot: _burn_key(lot[0]))
+    return held
 
 
-def _budget_in_burn_order(budget: LedgerAccount, at: datetime) -> list[tuple[Grant, Decimal]]:
-    """The project's spendable grant remainders, in burn order."""
+def _burn_key(grant: Grant) -> tuple:
+    no_expiry = grant.expires_at is None
+    return (
+        grant.priority,
+        no_expiry,
+        grant.expires_at or grant.created_at,
+        grant.created_at,
+        grant.pk,
+    )
+
+
+def _budgets(budget_ids: list[int], at: datetime) -> dict[int, Lots]:
+    """Each project budget's spendable grant remainders, in burn order: {account id: lots}."""
     rows = (
         GrantBalance.objects.filter(
-            account=budget,
-            balance__gt=0,
-            grant__effective_at__lte=at,
-            grant__voided_at__isnull=True,
-            grant__expired_at__isnull=True,
+            account_id__in=budget_ids, balance__gt=0, grant__effective_at__lte=at
         )
         .select_related("grant")
         .order_by(*(f"grant__{field}" for field in BURN_ORDER))
     )
-    return [(row.grant, row.balance) for row in rows if _spendable(row.grant, at)]
+    lots: dict[int, Lots] = defaultdict(list)
+    for row in rows:
+        if _spendable(row.grant, at):
+            lots[row.account_id].append((row.grant, row.balance))
+    return lots
 
 
-def _debt_grant(project: Project, budget: LedgerAccount, tried: list[Grant]) -> int:
+def _debt_grant(project: Project, budget_id: int, burned: Lots) -> int:
     """The grant an overdraft is written against: the last one this charge burned, else the
     project's newest, else its lab's newest. A lab that never had credits cannot owe any."""
-    if tried:
-        return tried[-1].pk
+    if burned:
+        return burned[-1][0].pk
     grant_id = (
-        GrantBalance.objects.filter(account=budget)
+        GrantBalance.objects.filter(account_id=budget_id)
         .order_by("-grant_id")
         .values_list("grant_id", flat=True)
         .first()
@@ -116,18 +179,70 @@ def _debt_grant(project: Project, budget: LedgerAccount, tried: list[Grant]) -> 
     return grant_id
 
 
-def _take(portions: list[tuple[Grant, Decimal]], amount: Decimal) -> list[tuple[Grant, Decimal]]:
-    taken = []
-    for grant, available in portions:
-        if amount <= 0:
-            break
-        part = min(available, amount)
-        taken.append((grant, part))
-        amount -= part
-    return taken
-
-
 @transaction.atomic
+def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) -> list[ChargeResult]:
+    """Charge each order: from its job's hold first, then from its project's budget in burn
+    order, then as a debt of the project; with `release_rest`, release what the job still
+    holds afterwards (to the project, or to the system account for a grant that expired or was
+    voided meanwhile). All in one transaction; results in the orders' order."""
+    if any(order.amount < 0 for order in orders):
+        raise ValueError("a charge cannot be negative; use usage_refund")
+    now = timezone.now()
+    account = charge_accounts_lock(sorted({order.project.pk for order in orders}))
+    system = account[(AccountType.SYSTEM, None)]
+    with_jobs = [o for o in orders if o.job_uuid]
+    held = (
+        _held_by_job(
+            [account[(AccountType.RESERVATION, o.project.pk)] for o in with_jobs],
+            [o.job_uuid for o in with_jobs],
+        )
+        if with_jobs
+        else {}
+    )
+    # The hold comes first; only what it does not cover needs the projects' budgets.
+    from_hold = [_take(held.get(o.job_uuid, []), o.amount) if o.job_uuid else [] for o in orders]
+    short = {
+        account[(AccountType.PROJECT, o.project.pk)]
+        for o, taken in zip(orders, from_hold, strict=True)
+        if o.amount > _total(taken)
+    }
+    budgets = _budgets(sorted(short), now) if short else {}
+    entries: list[_Entry] = []
+    results = []
+    for order, taken in zip(orders, from_hold, strict=True):
+        budget = account[(AccountType.PROJECT, order.project.pk)]
+        reservation = account[(AccountType.RESERVATION, order.project.pk)]
+        excess = order.amount - _total(taken)
+        burned = _take(budgets.get(budget, []), excess) if excess else []
+        legs: list[Leg] = []
+        for grant, part in taken:
+            legs += [Leg(reservation, grant.pk, -part), Leg(system, grant.pk, part)]
+        for grant, part in burned:
+            legs += [Leg(budget, grant.pk, -part), Leg(system, grant.pk, part)]
+        debt = excess - _total(burned)
+        if debt > 0:
+            grant_id = _debt_grant(order.project, budget, taken + burned)
+            legs += [Leg(budget, grant_id, -debt), Leg(system, grant_id, debt)]
+        tags = {"reason": order.reason, **(order.metadata or {})}
+        if legs:
+            entries.append(_Entry(EntryType.CHARGE, legs, order.reason, tags, order.job_uuid))
+        released = ZERO
+        if order.release_rest and order.job_uuid:
+            release: list[Leg] = []
+            for grant, left in held.get(order.job_uuid, []):
+                if left > 0:
+                    target = budget if _spendable(grant, now) else system
+                    release += [Leg(reservation, grant.pk, -left), Leg(target, grant.pk, left)]
+                    released += left
+            if release:
+                entries.append(
+                    _Entry(EntryType.RELEASE, release, order.reason, tags, order.job_uuid)
+                )
+        results.append(ChargeResult(_total(taken), excess, released))
+    _entries_post(entries, actor=actor, at=now)
+    return results
+
+
 def usage_charge(
     *,
     project: Project,
@@ -138,62 +253,9 @@ def usage_charge(
     metadata: dict[str, object] | None = None,
     actor: Actor = None,
 ) -> ChargeResult:
-    """Charge `amount` for usage: from the job's hold first, then from the project's budget in
-    burn order, then as a debt of the project. With `release_rest`, what the job still holds
-    afterwards is released (to the project, or to the system account for a grant that expired
-    or was voided meanwhile). A zero amount only releases."""
-    if amount < 0:
-        raise ValueError("a charge cannot be negative; use usage_refund")
-    now = timezone.now()
-    system, budget, reservation = _accounts_lock(project)
-    held = _held_in_burn_order(reservation, job_uuid) if job_uuid else []
-    from_hold = _take(held, amount)
-    hold_part = sum((part for _, part in from_hold), ZERO)
-    excess = amount - hold_part
-    from_budget = _take(_budget_in_burn_order(budget, now), excess) if excess else []
-    budget_part = sum((part for _, part in from_budget), ZERO)
-    legs: list[Leg] = []
-    for grant, part in from_hold:
-        legs += [Leg(reservation.pk, grant.pk, -part), Leg(system.pk, grant.pk, part)]
-    for grant, part in from_budget:
-        legs += [Leg(budget.pk, grant.pk, -part), Leg(system.pk, grant.pk, part)]
-    debt = excess - budget_part
-    if debt > 0:
-        grant_id = _debt_grant(project, budget, [g for g, _ in from_hold + from_budget])
-        legs += [Leg(budget.pk, grant_id, -debt), Leg(system.pk, grant_id, debt)]
-    tags = {"reason": reason, **(metadata or {})} if reason or metadata else None
-    if legs:
-        entry_post(
-            type=EntryType.CHARGE,
-            legs=legs,
-            actor=actor,
-            reason=reason,
-            metadata=tags,
-            job_uuid=job_uuid,
-        )
-    released = ZERO
-    if release_rest:
-        taken = dict((grant.pk, part) for grant, part in from_hold)
-        rest = [(g, left - taken.get(g.pk, ZERO)) for g, left in held]
-        release_legs: list[Leg] = []
-        for grant, left in rest:
-            if left > 0:
-                target = budget if _spendable(grant, now) else system
-                release_legs += [
-                    Leg(reservation.pk, grant.pk, -left),
-                    Leg(target.pk, grant.pk, left),
-                ]
-                released += left
-        if release_legs:
-            entry_post(
-                type=EntryType.RELEASE,
-                legs=release_legs,
-                actor=actor,
-                reason=reason,
-                metadata=tags,
-                job_uuid=job_uuid,
-            )
-    return ChargeResult(from_hold=hold_part, from_project=excess, released=released)
+    """One charge (see usage_charges_post). A zero amount with `release_rest` only releases."""
+    order = ChargeOrder(project, amount, job_uuid, release_rest, reason, metadata)
+    return usage_charges_post(orders=[order], actor=actor)[0]
 
 
 @transaction.atomic
@@ -212,10 +274,11 @@ def usage_refund(
     if amount <= 0:
         return ZERO
     now = timezone.now()
-    system, budget = _accounts_lock(project, with_reservation=False)
+    account = charge_accounts_lock([project.pk])
+    system, budget = account[(AccountType.SYSTEM, None)], account[(AccountType.PROJECT, project.pk)]
     charged = dict(
         JournalLine.objects.filter(
-            account__type=AccountType.SYSTEM,
+            account_id=system,
             entry__job_uuid=job_uuid,
             entry__type__in=[EntryType.CHARGE, EntryType.REFUND],
         )
@@ -223,20 +286,79 @@ def usage_refund(
         .annotate(total=Sum("amount"))
         .filter(total__gt=0)
     )
-    grants = Grant.objects.filter(pk__in=charged).order_by(*BURN_ORDER).reverse()
+    grants = sorted(Grant.objects.in_bulk(charged).values(), key=_burn_key, reverse=True)
     returnable = [(g, charged[g.pk]) for g in grants if _spendable(g, now)]
     legs: list[Leg] = []
     refunded = ZERO
     for grant, part in _take(returnable, amount):
-        legs += [Leg(system.pk, grant.pk, -part), Leg(budget.pk, grant.pk, part)]
+        legs += [Leg(system, grant.pk, -part), Leg(budget, grant.pk, part)]
         refunded += part
-    if legs:
-        entry_post(
-            type=EntryType.REFUND,
-            legs=legs,
-            actor=actor,
-            reason=reason,
-            metadata={"reason": reason} if reason else None,
-            job_uuid=job_uuid,
-        )
+    tags = {"reason": reason} if reason else None
+    _entries_post([_Entry(EntryType.REFUND, legs, reason, tags, job_uuid)], actor=actor, at=now)
     return refunded
+
+
+# Every entry of a batch, its lines, the accounts' balances and the grants' remainders, in one
+# statement; columns travel as arrays, so the size of a batch does not change the statement.
+_POST_ENTRIES = """
+WITH entries AS (
+    INSERT INTO billing_journalentry
+        (uuid, type, created_at, actor_user_id, actor_token_id, reason, metadata,
+         idempotency_key, request_fingerprint, job_uuid)
+    SELECT uuid, type, %(at)s, %(actor_user)s, %(actor_token)s, reason, metadata::jsonb,
+           NULL, '', job_uuid
+      FROM unnest(%(uuids)s::uuid[], %(types)s::text[], %(reasons)s::text[],
+                  %(metadata)s::text[], %(jobs)s::uuid[])
+           AS e (uuid, type, reason, metadata, job_uuid)
+    RETURNING id, uuid
+), legs AS (
+    SELECT * FROM unnest(%(leg_entries)s::uuid[], %(leg_accounts)s::bigint[],
+                         %(leg_grants)s::bigint[], %(leg_amounts)s::numeric[])
+           AS l (entry_uuid, account_id, grant_id, amount)
+), lines AS (
+    INSERT INTO billing_journalline (entry_id, account_id, grant_id, amount)
+    SELECT entries.id, legs.account_id, legs.grant_id, legs.amount
+      FROM legs JOIN entries ON entries.uuid = legs.entry_uuid
+), balances AS (
+    UPDATE billing_ledgeraccount AS a
+       SET balance = a.balance + d.delta, updated_at = now()
+      FROM (SELECT account_id, SUM(amount) AS delta FROM legs GROUP BY account_id) AS d
+     WHERE a.id = d.account_id
+), remainders AS (
+    INSERT INTO billing_grantbalance AS b (account_id, grant_id, balance)
+    SELECT account_id, grant_id, SUM(amount) FROM legs GROUP BY account_id, grant_id
+    ON CONFLICT (account_id, grant_id) DO UPDATE SET balance = b.balance + EXCLUDED.balance
+)
+SELECT COUNT(*) FROM entries
+"""
+
+
+def _entries_post(entries: list[_Entry], *, actor: Actor, at: datetime) -> None:
+    """Write the entries; the accounts must be locked by the caller's transaction."""
+    entries = [e for e in entries if any(leg.amount for leg in e.legs)]
+    if not entries:
+        return
+    uuids = [uuid_lib.uuid4() for _ in entries]
+    params: dict[str, object] = {
+        "at": at,
+        "actor_user": actor.pk if isinstance(actor, User) else None,
+        "actor_token": actor.pk if isinstance(actor, ServiceToken) else None,
+        "uuids": uuids,
+        "types": [e.type for e in entries],
+        "reasons": [e.reason for e in entries],
+        "metadata": [json.dumps(e.metadata or {}, default=str) for e in entries],
+        "jobs": [e.job_uuid for e in entries],
+        "leg_entries": [],
+        "leg_accounts": [],
+        "leg_grants": [],
+        "leg_amounts": [],
+    }
+    for entry_uuid, entry in zip(uuids, entries, strict=True):
+        for leg in entry.legs:
+            if leg.amount:
+                params["leg_entries"].append(entry_uuid)  # type: ignore[attr-defined]
+                params["leg_accounts"].append(leg.account_id)  # type: ignore[attr-defined]
+                params["leg_grants"].append(leg.grant_id)  # type: ignore[attr-defined]
+                params["leg_amounts"].append(leg.amount)  # type: ignore[attr-defined]
+    with connection.cursor() as cursor:
+        cursor.execute(_POST_ENTRIES, params)
