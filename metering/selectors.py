@@ -83,3 +83,16 @@ def cost_estimate(*, project: Project, kind: str, subtype: str, quantity: int) -
     service = service_priced(kind=kind, subtype=subtype, lab=project.lab, at=now)
     price = price_current(service=service, lab=project.lab, at=now)
     return usage_cost(price_tiers(price), 0, quantity, discount_rate(lab=project.lab, at=now))
+
+
+def discount_rates(*, labs: list[Lab], at: datetime) -> dict[int, Decimal]:
+    """The discount of each lab at `at` (labs without one get 0), in one query."""
+    rates = dict.fromkeys((lab.pk for lab in labs), ZERO)
+    current = (
+        Discount.objects.filter(_valid_at(at), lab__in=labs)
+        .order_by("lab_id", "-valid_from", "-id")
+        .distinct("lab_id")
+        .values_list("lab_id", "discount")
+    )
+    rates.update(current)
+    return rates

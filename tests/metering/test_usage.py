@@ -16,7 +16,7 @@ from billing.audit import ledger_audit
 from billing.errors import InsufficientFundsError
 from billing.models import EntryType, JournalEntry, JournalLine
 from billing.selectors import job_held, project_balances
-from metering import usage
+from metering import charging, usage
 from metering.cost import Tier
 from metering.errors import (
     JobAlreadyFinishedError,
@@ -77,7 +77,7 @@ def event(job, status, seconds, instances=None, **kwargs):
 
 def charge_at(clock, job, seconds):
     clock.move_to(at(seconds))
-    return usage.longrun_charge(job=job)
+    return charging.longrun_charge(job=job)
 
 
 def job_lines(job, account_type):
@@ -250,7 +250,7 @@ def test_increments_add_up_to_the_full_cost(cast, sim, clock):
     job = event(job, "finished", 600)
     assert job.charged_amount == D("7.5") == D("4.5") + D("0.6") + D("2.4")
     assert [amount for kind, amount in job_lines(job, "sys")] == [D("0.6"), D("2.4"), D("4.5")]
-    assert usage.longrun_charge(job=job) == 0  # closed
+    assert charging.longrun_charge(job=job) == 0  # closed
 
 
 @pytest.mark.django_db
@@ -283,7 +283,7 @@ def test_a_job_without_heartbeats_expires_charged_up_to_its_expiry(cast, sim, cl
     event(job, "started", 0, instances=1)
     assert charge_at(clock, job, 3600) == D("37.5")  # still alive: charged up to now
     clock.move_to(at(3661))
-    assert usage.longrun_charge(job=job) == 0  # expired at 3600, already charged that far
+    assert charging.longrun_charge(job=job) == 0  # expired at 3600, already charged that far
     job.refresh_from_db()
     assert job.expired_at == job.finished_at == job.last_charged_at == at(3600)
     assert job.closed_at == at(3661) and job.charged_amount == D("37.5")
@@ -390,10 +390,10 @@ def test_storage_is_charged_per_interval_and_closed_by_the_next_event(
     settings.STORAGE_MIN_CHARGE_INTERVAL_SECONDS = 3600
     first = store(cast, storage, 10 * GB, 0)
     clock.move_to(at(1800))
-    assert usage.storage_charge(job=first) == 0  # under the minimum interval
+    assert charging.storage_charge(job=first) == 0  # under the minimum interval
     clock.move_to(at(3600))
     hour = D(10 * GB * 3600) * PER_BYTE_SECOND  # 0.038654705664
-    assert usage.storage_charge(job=first) == D("0.038655")
+    assert charging.storage_charge(job=first) == D("0.038655")
     clock.move_to(at(5400))
     second = store(cast, storage, 20 * GB, 5400)
     first.refresh_from_db()
@@ -401,7 +401,7 @@ def test_storage_is_charged_per_interval_and_closed_by_the_next_event(
     assert first.charged_amount == D("0.038655") + D("0.019327")  # + half an hour
     assert hour / 2 == D("0.019327352832")
     clock.move_to(at(9000))
-    assert usage.storage_charge(job=second) == D("0.077309")
+    assert charging.storage_charge(job=second) == D("0.077309")
     store(cast, storage, 0, 9000)  # the project holds nothing from then on
     assert Job.objects.filter(kind=ServiceType.STORAGE, closed_at__isnull=True).count() == 0
     assert budget(cast.alpha).balance == D("400") - D("0.038655") - D("0.019327") - D("0.077309")
