@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.core.paginator import Page, Paginator
+from django.db import connection
 from django.db.models import DecimalField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -170,3 +171,34 @@ def job_held(*, job_uuid: uuid_lib.UUID) -> Decimal:
         account__type=AccountType.RESERVATION, entry__job_uuid=job_uuid
     ).aggregate(total=Sum("amount"))["total"]
     return total or ZERO
+
+
+@dataclass(frozen=True)
+class ChargeSum:
+    """What usage cost one project in one hour, for one job (or one batch-usage service)."""
+
+    period: datetime
+    project_id: int
+    lab_id: int
+    job_uuid: uuid_lib.UUID | None
+    service_slug: str | None  # batch-usage charges name their service in the entry's metadata
+    amount: Decimal  # charges less refunds
+    charges: int
+
+
+def charges_by_hour(*, start: datetime, end: datetime) -> list[ChargeSum]:
+    """Usage charges and refunds of entries made in [start, end), by hour, project and job: the
+    source of metering's usage rollups (system work, not shown to anyone as such)."""
+    sql = """
+        SELECT date_trunc('hour', e.created_at) AS period, a.project_id, a.lab_id, e.job_uuid,
+               e.metadata->>'service', -SUM(l.amount), COUNT(DISTINCT e.id) FILTER (
+                   WHERE e.type = 'charge')
+          FROM billing_journalentry e
+          JOIN billing_journalline l ON l.entry_id = e.id
+          JOIN billing_ledgeraccount a ON a.id = l.account_id AND a.type IN ('proj', 'rsv')
+         WHERE e.type IN ('charge', 'refund') AND e.created_at >= %s AND e.created_at < %s
+         GROUP BY 1, 2, 3, 4, 5
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [start, end])
+        return [ChargeSum(*row) for row in cursor.fetchall()]

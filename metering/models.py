@@ -279,3 +279,49 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"usage event {self.event_id} ({self.outcome})"
+
+
+class RollupPeriod(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+
+
+class UsageRollup(models.Model):
+    """Usage of one project and service in one hour or day (UTC), for dashboards and reports:
+    the credits charged in it (less refunds), the charges, and the jobs closed and units used
+    (a job's units count when it closes; batch events when they are settled). Rebuilt by
+    metering/rollups.py for the recent periods on every run."""
+
+    period = models.CharField(max_length=4, choices=RollupPeriod.choices)
+    period_start = models.DateTimeField()
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="+", db_index=False)
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    service = models.ForeignKey(
+        Service, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    key_ref = models.CharField(max_length=64, blank=True, default="")  # keys, once they exist
+    amount = models.DecimalField(default=0, **MONEY_FIELD)
+    charges = models.PositiveIntegerField(default=0)
+    jobs_closed = models.PositiveIntegerField(default=0)
+    units = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "period_start", "project", "service", "key_ref"],
+                nulls_distinct=False,
+                name="usage_rollup_unique",
+            ),
+        ]
+        indexes = [
+            # Dashboards: a lab's or a project's recent periods.
+            models.Index(fields=["lab", "period", "-period_start"], name="usage_rollup_lab"),
+            models.Index(
+                fields=["project", "period", "-period_start"], name="usage_rollup_project"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period} {self.period_start:%Y-%m-%d %H:00} {self.project_id}: {self.amount}"

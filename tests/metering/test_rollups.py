@@ -1,0 +1,75 @@
+"""Usage rollups: hourly and daily sums rebuilt from the journal, jobs and batch events."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+
+from accounts.services import service_token_create
+from billing import services as billing
+from metering import charging, usage
+from metering.models import RollupPeriod, ServiceType, UsageEvent, UsageRollup
+from metering.reservations import reservation_create
+from metering.rollups import usage_rollup
+from tests.metering.test_reservations import priced_service
+from tests.metering.test_usage import SIM_TIERS, T0, at
+
+D = Decimal
+
+
+def rollups(period):
+    return {
+        (row.period_start, row.project_id, row.service.slug if row.service else None): (
+            row.amount,
+            row.charges,
+            row.jobs_closed,
+            row.units,
+        )
+        for row in UsageRollup.objects.filter(period=period).select_related("service")
+    }
+
+
+@pytest.mark.django_db
+def test_rollups_sum_charges_jobs_and_events_by_hour_and_day(cast):
+    with time_machine.travel(T0, tick=False) as clock:
+        llm = priced_service()
+        sim = priced_service("single-cell-sim", ServiceType.LONGRUN, SIM_TIERS)
+        billing.budget_grant(project=cast.alpha, amount="1000")
+        for count in (1000, 3000):  # two oneshot jobs in the first hour: 0.01 + 0.03
+            job = reservation_create(project=cast.alpha, service=llm, quantity=count, params={})
+            usage.oneshot_usage_record(
+                job_uuid=job.uuid, project=cast.alpha, subtype="ml-llm", count=count, at=T0
+            )
+        run = reservation_create(project=cast.alpha, service=sim, quantity=0, params={})
+        usage.longrun_event_record(
+            job_uuid=run.uuid, project=cast.alpha, subtype="single-cell-sim", status="started",
+            at=T0, instances=2,
+        )  # fmt: skip
+        charging.longrun_charge(job=run, now=at(1800))  # 1.5 + 2 x 1800 x 0.01 = 37.5
+        clock.move_to(at(3900))  # the next hour: it finishes at 3900 s, 42 more
+        usage.longrun_event_record(
+            job_uuid=run.uuid, project=cast.alpha, subtype="single-cell-sim", status="finished",
+            at=at(3900),
+        )  # fmt: skip
+        token, _ = service_token_create(name="gw", scopes=["usage"])
+        UsageEvent.objects.create(
+            token=token, event_id="e1", project=cast.alpha, service=llm, units=500,
+            occurred_at=at(3800), outcome="accepted", settled_at=at(3950),
+        )  # fmt: skip
+        assert usage_rollup() > 0
+        first = rollups(RollupPeriod.HOUR)
+        assert usage_rollup() > 0  # a second run rebuilds the same rows
+        assert rollups(RollupPeriod.HOUR) == first
+    hour0, hour1 = T0, T0 + timedelta(hours=1)
+    alpha = cast.alpha.pk
+    assert first == {
+        (hour0, alpha, "ml-llm"): (D("0.04"), 2, 2, 4000),
+        (hour0, alpha, "single-cell-sim"): (D("37.5"), 1, 0, 0),
+        (hour1, alpha, "single-cell-sim"): (D("42"), 1, 1, 2 * 3900),
+        (hour1, alpha, "ml-llm"): (D("0"), 0, 0, 500),
+    }
+    assert rollups(RollupPeriod.DAY) == {
+        (T0.replace(hour=0), alpha, "ml-llm"): (D("0.04"), 2, 2, 4500),
+        (T0.replace(hour=0), alpha, "single-cell-sim"): (D("79.5"), 2, 1, 7800),
+    }
