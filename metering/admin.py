@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html_join
 
+from billing import selectors as billing_selectors
+from billing.admin import ReadOnlyAdmin
 from metering import selectors
 from metering.cost import Tier, TierError, tiers_validate
 from metering.errors import MissingPriceError
-from metering.models import Discount, Price, PriceTier, Service
+from metering.models import Discount, Job, Price, PriceTier, Service
 
 
 @admin.register(Service)
@@ -92,3 +96,39 @@ class DiscountAdmin(admin.ModelAdmin):
     search_fields = ["lab__name", "lab__uuid"]
     autocomplete_fields = ["lab"]
     list_select_related = ["lab"]
+
+
+class JobStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "Running (started, not closed)"), ("reserved", "Reserved, not started"),
+                ("closed", "Closed"), ("cancelled", "Cancelled")]  # fmt: skip
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        return {
+            "open": queryset.filter(started_at__isnull=False, closed_at__isnull=True),
+            "reserved": queryset.filter(started_at__isnull=True, cancelled_at__isnull=True),
+            "closed": queryset.filter(closed_at__isnull=False),
+            "cancelled": queryset.filter(cancelled_at__isnull=False),
+        }.get(self.value() or "", queryset)
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    """Jobs as the chargers see them: for a running job, its last heartbeat, what it has been
+    charged and what its reservation still holds."""
+
+    list_display = [
+        "uuid", "service", "project", "started_at", "last_alive_at", "last_charged_at",
+        "charged_amount", "held", "closed_at",
+    ]  # fmt: skip
+    list_filter = [JobStateFilter, "kind", "service"]
+    search_fields = ["uuid", "project__name", "project__uuid", "lab__name"]
+    list_select_related = ["service", "project__lab"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Reservation left")
+    def held(self, job: Job) -> Decimal:
+        return billing_selectors.job_held(job_uuid=job.uuid)
