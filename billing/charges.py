@@ -29,6 +29,7 @@ from billing.errors import InsufficientFundsError
 from billing.ledger import Actor, Leg
 from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine
 from billing.services import system_account_get_or_create
+from core.db import execute_prepared
 
 ZERO = Decimal(0)
 BURN_ORDER = ("priority", "expires_at", "created_at", "id")  # nulls last: PostgreSQL's default
@@ -39,7 +40,8 @@ Lots = list[tuple[Grant, Decimal]]  # grant remainders, in burn order
 class ChargeOrder:
     """One charge of a batch: `amount` of the project's usage, from the job's hold first."""
 
-    project: Project
+    project_id: int
+    lab_id: int
     amount: Decimal
     job_uuid: uuid_lib.UUID | None = None
     release_rest: bool = False  # give back what the job still holds afterwards
@@ -157,7 +159,7 @@ def _budgets(budget_ids: list[int], at: datetime) -> dict[int, Lots]:
     return lots
 
 
-def _debt_grant(project: Project, budget_id: int, burned: Lots) -> int:
+def _debt_grant(lab_id: int, budget_id: int, burned: Lots) -> int:
     """The grant an overdraft is written against: the last one this charge burned, else the
     project's newest, else its lab's newest. A lab that never had credits cannot owe any."""
     if burned:
@@ -167,10 +169,7 @@ def _debt_grant(project: Project, budget_id: int, burned: Lots) -> int:
         .order_by("-grant_id")
         .values_list("grant_id", flat=True)
         .first()
-        or Grant.objects.filter(lab_id=project.lab_id)
-        .order_by("-id")
-        .values_list("pk", flat=True)
-        .first()
+        or Grant.objects.filter(lab_id=lab_id).order_by("-id").values_list("pk", flat=True).first()
     )
     if grant_id is None:
         raise InsufficientFundsError(
@@ -188,12 +187,12 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
     if any(order.amount < 0 for order in orders):
         raise ValueError("a charge cannot be negative; use usage_refund")
     now = timezone.now()
-    account = charge_accounts_lock(sorted({order.project.pk for order in orders}))
+    account = charge_accounts_lock(sorted({order.project_id for order in orders}))
     system = account[(AccountType.SYSTEM, None)]
     with_jobs = [o for o in orders if o.job_uuid]
     held = (
         _held_by_job(
-            [account[(AccountType.RESERVATION, o.project.pk)] for o in with_jobs],
+            [account[(AccountType.RESERVATION, o.project_id)] for o in with_jobs],
             [o.job_uuid for o in with_jobs],
         )
         if with_jobs
@@ -202,7 +201,7 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
     # The hold comes first; only what it does not cover needs the projects' budgets.
     from_hold = [_take(held.get(o.job_uuid, []), o.amount) if o.job_uuid else [] for o in orders]
     short = {
-        account[(AccountType.PROJECT, o.project.pk)]
+        account[(AccountType.PROJECT, o.project_id)]
         for o, taken in zip(orders, from_hold, strict=True)
         if o.amount > _total(taken)
     }
@@ -210,8 +209,8 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
     entries: list[_Entry] = []
     results = []
     for order, taken in zip(orders, from_hold, strict=True):
-        budget = account[(AccountType.PROJECT, order.project.pk)]
-        reservation = account[(AccountType.RESERVATION, order.project.pk)]
+        budget = account[(AccountType.PROJECT, order.project_id)]
+        reservation = account[(AccountType.RESERVATION, order.project_id)]
         excess = order.amount - _total(taken)
         burned = _take(budgets.get(budget, []), excess) if excess else []
         legs: list[Leg] = []
@@ -221,7 +220,7 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
             legs += [Leg(budget, grant.pk, -part), Leg(system, grant.pk, part)]
         debt = excess - _total(burned)
         if debt > 0:
-            grant_id = _debt_grant(order.project, budget, taken + burned)
+            grant_id = _debt_grant(order.lab_id, budget, taken + burned)
             legs += [Leg(budget, grant_id, -debt), Leg(system, grant_id, debt)]
         tags = {"reason": order.reason, **(order.metadata or {})}
         if legs:
@@ -254,7 +253,9 @@ def usage_charge(
     actor: Actor = None,
 ) -> ChargeResult:
     """One charge (see usage_charges_post). A zero amount with `release_rest` only releases."""
-    order = ChargeOrder(project, amount, job_uuid, release_rest, reason, metadata)
+    order = ChargeOrder(
+        project.pk, project.lab_id, amount, job_uuid, release_rest, reason, metadata
+    )
     return usage_charges_post(orders=[order], actor=actor)[0]
 
 
@@ -360,5 +361,4 @@ def _entries_post(entries: list[_Entry], *, actor: Actor, at: datetime) -> None:
                 params["leg_accounts"].append(leg.account_id)  # type: ignore[attr-defined]
                 params["leg_grants"].append(leg.grant_id)  # type: ignore[attr-defined]
                 params["leg_amounts"].append(leg.amount)  # type: ignore[attr-defined]
-    with connection.cursor() as cursor:
-        cursor.execute(_POST_ENTRIES, params)
+    execute_prepared(_POST_ENTRIES, params)

@@ -85,11 +85,11 @@ def cost_estimate(*, project: Project, kind: str, subtype: str, quantity: int) -
     return usage_cost(price_tiers(price), 0, quantity, discount_rate(lab=project.lab, at=now))
 
 
-def discount_rates(*, labs: list[Lab], at: datetime) -> dict[int, Decimal]:
+def discount_rates(*, lab_ids: list[int], at: datetime) -> dict[int, Decimal]:
     """The discount of each lab at `at` (labs without one get 0), in one query."""
-    rates = dict.fromkeys((lab.pk for lab in labs), ZERO)
+    rates = dict.fromkeys(lab_ids, ZERO)
     current = (
-        Discount.objects.filter(_valid_at(at), lab__in=labs)
+        Discount.objects.filter(_valid_at(at), lab_id__in=lab_ids)
         .order_by("lab_id", "-valid_from", "-id")
         .distinct("lab_id")
         .values_list("lab_id", "discount")
