@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from metering import api, usage_api
+from metering import api, report_api, usage_api
 
 urlpatterns = [
     path("price", api.PriceView.as_view()),
@@ -17,4 +17,8 @@ urlpatterns = [
     path("usage/oneshot", usage_api.OneshotUsageView.as_view()),
     path("usage/longrun", usage_api.LongrunUsageView.as_view()),
     path("usage/storage", usage_api.StorageUsageView.as_view()),
+    path("report/system", report_api.SystemReportView.as_view()),
+    path("report/virtual-lab/<str:vlab_id>", report_api.LabReportView.as_view()),
+    path("report/project/<str:proj_id>", report_api.ProjectReportView.as_view()),
+    path("job/longrun/open", report_api.LongrunOpenView.as_view()),
 ]
