@@ -295,9 +295,7 @@ class UsageRollup(models.Model):
     period = models.CharField(max_length=4, choices=RollupPeriod.choices)
     period_start = models.DateTimeField()
     lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="+", db_index=False)
-    project = models.ForeignKey(
-        Project, on_delete=models.PROTECT, related_name="+", db_index=False
-    )
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+", db_index=False)
     service = models.ForeignKey(
         Service, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
