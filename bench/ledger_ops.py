@@ -2,8 +2,10 @@
 
     make bench            (or: .venv/bin/python -m bench.ledger_ops --ops 2000)
 
-Measures, in one run: a bare transaction (BEGIN; SELECT 1; COMMIT) as the baseline, then
-assign/reverse pairs on one lab sequentially, then the same from 8 threads on that one lab.
+Measures, in one run: a bare transaction (BEGIN; SELECT 1; COMMIT) as the baseline, a one-row
+durable write as a transaction (BEGIN; UPDATE; COMMIT) and alone in autocommit (one round trip,
+the floor for any durable write here), then assign/reverse pairs on one lab sequentially, then
+the same from 8 threads on that one lab.
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def run(ops: int, threads: int) -> None:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("UPDATE bench_write_floor SET n = n + 1 WHERE id = 1")
 
+    def write_floor_autocommit() -> None:
+        """The same write in one round trip: autocommit, the server commits it at once."""
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE bench_write_floor SET n = n + 1 WHERE id = 1")
+
     def pair(project: object) -> None:
         services.budget_assign(lab=lab, project=project, amount="1.25")
         services.budget_reverse(lab=lab, project=project, amount="1.25")
@@ -88,6 +95,7 @@ def run(ops: int, threads: int) -> None:
     for _ in range(50):  # warm up connections, caches and prepared statements
         bare()
         write_floor()
+        write_floor_autocommit()
         pair(projects[0])
 
     started = time.perf_counter()
@@ -99,6 +107,11 @@ def run(ops: int, threads: int) -> None:
     for _ in range(ops):
         write_floor()
     write_rate = _rate(ops, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    for _ in range(ops):
+        write_floor_autocommit()
+    autocommit_write_rate = _rate(ops, time.perf_counter() - started)
 
     started = time.perf_counter()
     for _ in range(ops // 2):
@@ -132,6 +145,10 @@ def run(ops: int, threads: int) -> None:
     print(
         f"| one-row write transaction (UPDATE; COMMIT) | {write_rate:,.0f} | "
         f"{write_rate / bare_rate:.2f} |"
+    )
+    print(
+        f"| one-row write, one round trip (autocommit UPDATE) | {autocommit_write_rate:,.0f} | "
+        f"{autocommit_write_rate / bare_rate:.2f} |"
     )
     print(
         f"| assign/reverse, sequential | {sequential_rate:,.0f} | "

@@ -1,8 +1,8 @@
 """The ledger's primitives: lock accounts, split an amount by burn order, post one balanced entry.
 
-Callers (billing/services.py) run these inside one transaction. Accounts are always locked in id
-order, so two movements never deadlock; balances and per-grant remainders are updated with one
-statement each, in the same transaction as the lines.
+Callers (billing/services.py) run these inside one transaction; `transfer` is one by itself when
+none is open. Accounts are always locked in id order, so two movements never deadlock; balances
+and per-grant remainders are updated with one statement each, in the same transaction as the lines.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid as uuid_lib
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,17 +22,21 @@ from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken, User
 from billing.models import AccountType, JournalEntry, LedgerAccount
+from core.db import Params, execute_prepared, statements_prepared
 
 Actor = User | ServiceToken | None
 
 
-def _hot_execute(sql: str, params: Sequence[object] | dict[str, object]) -> list[tuple[Any, ...]]:
-    """Run a hot-path statement as a prepared statement (server-side binding), so PostgreSQL
-    plans it once per connection instead of on every call; errors become Django's."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall() if cursor.description else []
+def _hot_pipeline(*statements: tuple[str, Params]) -> list[list[tuple[Any, ...]]]:
+    """Run hot-path statements, prepared, in one round trip (a pipeline). Each still reads with
+    its own snapshot. In autocommit mode the Sync that ends the pipeline commits them as one
+    transaction, and an error in any rolls them all back; inside a transaction they join it."""
+    with connection.wrap_database_errors, statements_prepared() as raw, ExitStack() as stack:
+        cursors = [stack.enter_context(psycopg.Cursor(raw)) for _ in statements]
+        with raw.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params, prepare=True)
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
 
 
 @dataclass(frozen=True)
@@ -80,26 +85,30 @@ def reservation_ref(project: Project) -> AccountRef:
     return AccountRef(AccountType.RESERVATION, project.pk)
 
 
-def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
-    """Lock the named accounts in id order; return them in the order named. NO KEY UPDATE: the
-    keys never change, and it does not block the key-share locks of foreign-key checks.
+def _account_where(ref: AccountRef, owner_param: str) -> tuple[str, dict[str, object]]:
+    """SQL naming one account. The type is written as a literal (an AccountType value, never
+    input), so the planner can use the per-type partial unique indexes of prepared plans."""
+    kind = AccountType(ref.type).value
+    if ref.type == AccountType.SYSTEM:
+        return f"type = '{kind}'", {}
+    owner = "lab_id" if ref.type == AccountType.LAB else "project_id"
+    return f"(type = '{kind}' AND {owner} = %({owner_param})s)", {owner_param: ref.owner_id}
 
-    Raw SQL on purpose: this and the three statements below are the whole hot path of a
-    budget move, and the ORM's query building cost more than the database work."""
-    where, params = [], []
-    for ref in refs:
-        if ref.type == AccountType.SYSTEM:
-            where.append("type = %s")
-            params.append(ref.type)
-        else:
-            owner = "lab_id" if ref.type == AccountType.LAB else "project_id"
-            where.append(f"(type = %s AND {owner} = %s)")
-            params += [ref.type, ref.owner_id]
-    rows = _hot_execute(
+
+def _accounts_lock_sql(refs: Sequence[AccountRef]) -> tuple[str, dict[str, object]]:
+    where, params = [], {}
+    for index, ref in enumerate(refs):
+        condition, owner = _account_where(ref, f"owner{index}")
+        where.append(condition)
+        params |= owner
+    sql = (
         "SELECT id, type, lab_id, project_id, balance FROM billing_ledgeraccount"
-        f" WHERE {' OR '.join(where)} ORDER BY id FOR NO KEY UPDATE",
-        params,
+        f" WHERE {' OR '.join(where)} ORDER BY id FOR NO KEY UPDATE"
     )
+    return sql, params
+
+
+def _accounts_found(refs: Sequence[AccountRef], rows: list[tuple[Any, ...]]) -> list[LedgerAccount]:
     locked = [
         LedgerAccount(id=pk, type=kind, lab_id=lab_id, project_id=project_id, balance=balance)
         for pk, kind, lab_id, project_id, balance in rows
@@ -111,6 +120,15 @@ def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
             raise LookupError(f"no ledger account {ref}")
         found.append(account)
     return found
+
+
+def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
+    """Lock the named accounts in id order; return them in the order named. NO KEY UPDATE: the
+    keys never change, and it does not block the key-share locks of foreign-key checks.
+
+    Raw SQL on purpose: locking is on the hot path of every movement, and the ORM's query
+    building cost more than the database work."""
+    return _accounts_found(refs, execute_prepared(*_accounts_lock_sql(refs)))
 
 
 def transfer_legs(portions: Iterable[tuple[int, Decimal]], *, debit: int, credit: int) -> list[Leg]:
@@ -158,22 +176,29 @@ _POST = (
 )
 
 # A transfer splits the amount over the debited account's grants in burn order (lowest priority
-# number, soonest expiry, none last, oldest) and writes nothing unless they cover it.
+# number, soonest expiry, none last, oldest) and writes nothing unless they cover it. It finds
+# the two accounts by owner, as the lock statement sent with it in the same round trip does.
 _TRANSFER = (
-    """WITH remainders_now AS (
+    """WITH debit AS (
+    SELECT id, balance FROM billing_ledgeraccount WHERE {debit}
+), credit AS (
+    SELECT id FROM billing_ledgeraccount WHERE {credit}
+), remainders_now AS (
     SELECT b.grant_id, b.balance,
            SUM(b.balance) OVER (
                ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.id
            ) AS through
       FROM billing_grantbalance b JOIN billing_grant g ON g.id = b.grant_id
-     WHERE b.account_id = %(debit)s AND b.balance > 0 {spendable}
+     WHERE b.account_id = (SELECT id FROM debit) AND b.balance > 0 {spendable}
 ), portions AS (
     SELECT grant_id, LEAST(balance, %(amount)s - (through - balance)) AS amount
       FROM remainders_now WHERE through - balance < %(amount)s
 ), covered AS (
-    -- A project in debt (usage overshoot) spends nothing until its balance covers the amount.
+    -- A project in debt (usage overshoot) spends nothing until its balance covers the amount;
+    -- a missing account covers nothing either (the caller raises LookupError).
     SELECT COALESCE(SUM(amount), 0) >= %(amount)s
-       AND (SELECT balance FROM billing_ledgeraccount WHERE id = %(debit)s) >= %(amount)s AS ok
+       AND (SELECT balance FROM debit) >= %(amount)s
+       AND EXISTS (SELECT FROM credit) AS ok
       FROM portions
 ), entry AS ("""
     + _ENTRY_COLUMNS
@@ -182,9 +207,9 @@ _TRANSFER = (
       FROM covered WHERE ok
     RETURNING id
 ), legs (account_id, grant_id, amount) AS (
-    SELECT %(debit)s::bigint, grant_id, -amount FROM portions WHERE (SELECT ok FROM covered)
+    SELECT (SELECT id FROM debit), grant_id, -amount FROM portions WHERE (SELECT ok FROM covered)
     UNION ALL
-    SELECT %(credit)s::bigint, grant_id, amount FROM portions WHERE (SELECT ok FROM covered)
+    SELECT (SELECT id FROM credit), grant_id, amount FROM portions WHERE (SELECT ok FROM covered)
 )"""
     + _APPLY_LEGS
 )
@@ -263,14 +288,14 @@ def entry_post(
     ]
     for leg in legs:
         params += [leg.account_id, leg.grant_id, leg.amount]
-    return _saved(entry, _hot_execute(_POST.format(legs=values), params)[0][0])
+    return _saved(entry, execute_prepared(_POST.format(legs=values), params)[0][0])
 
 
-def transfer_post(
+def transfer(
     *,
     type: str,
-    debit_id: int,
-    credit_id: int,
+    debit: AccountRef,
+    credit: AccountRef,
     amount: Decimal,
     spendable_only: bool = True,
     actor: Actor = None,
@@ -279,8 +304,12 @@ def transfer_post(
     request_fingerprint: str = "",
     job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry | None:
-    """Move `amount` from one locked account to another, grant by grant in burn order, in one
-    statement. Returns None, having written nothing, when the debited grants cannot cover it."""
+    """Lock both accounts in id order, then move `amount` from one to the other, grant by grant
+    in burn order. Returns None, having written nothing, when the debited grants cannot cover it.
+
+    The lock and the write go in one round trip; outside a transaction they commit together
+    with it. They stay two statements: a statement reads with the snapshot it started with, so
+    a write that took the locks itself would not see what the holder it waited for committed."""
     entry = _entry_new(
         type=type,
         actor=actor,
@@ -290,9 +319,9 @@ def transfer_post(
         request_fingerprint=request_fingerprint,
         job_uuid=job_uuid,
     )
-    params = {
-        "debit": debit_id,
-        "credit": credit_id,
+    debit_where, params = _account_where(debit, "debit_owner")
+    credit_where, credit_owner = _account_where(credit, "credit_owner")
+    params |= credit_owner | {
         "amount": amount,
         "uuid": entry.uuid,
         "type": type,
@@ -305,6 +334,12 @@ def transfer_post(
         "fingerprint": request_fingerprint,
         "job": job_uuid,
     }
-    sql = _TRANSFER.format(spendable=_SPENDABLE if spendable_only else "")
-    entry_id = _hot_execute(sql, params)[0][0]
-    return None if entry_id is None else _saved(entry, entry_id)
+    sql = _TRANSFER.format(
+        debit=debit_where, credit=credit_where, spendable=_SPENDABLE if spendable_only else ""
+    )
+    locked, written = _hot_pipeline(_accounts_lock_sql([debit, credit]), (sql, params))
+    entry_id = written[0][0]
+    if entry_id is None:
+        _accounts_found([debit, credit], locked)  # a missing account is not a shortfall
+        return None
+    return _saved(entry, entry_id)

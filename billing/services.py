@@ -4,6 +4,7 @@ optional idempotency key: a replay with the same key returns the first result an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid as uuid_lib
@@ -33,8 +34,8 @@ from billing.ledger import (
     lab_ref,
     project_ref,
     reservation_ref,
+    transfer,
     transfer_legs,
-    transfer_post,
 )
 from billing.models import (
     DEFAULT_PRIORITY,
@@ -110,18 +111,24 @@ def _once(
     fingerprint: str,
     run: Callable[[], T],
     replay: Callable[[JournalEntry], T],
+    *,
+    commits_itself: bool = False,
 ) -> T:
     """Run `run` in a transaction; with a key, a second call returns `replay(first entry)`.
 
     The key is stored on the entry in the same transaction as the movement, so a crash leaves
     neither; concurrent calls with one key serialize on its unique index and all but one replay.
+    `commits_itself`: `run` is one round trip that the server commits as one transaction when
+    no transaction is open (ledger.transfer), so it needs an atomic block only inside one: a
+    savepoint, so that a lost race for the key can still be replayed.
     """
     if key is not None:
         first = JournalEntry.objects.filter(idempotency_key=key).first()
         if first is not None:
             return _replayed(first, fingerprint, replay)
+    own_transaction = commits_itself and transaction.get_autocommit()
     try:
-        with transaction.atomic():
+        with contextlib.nullcontext() if own_transaction else transaction.atomic():
             return run()
     except IntegrityError:
         first = JournalEntry.objects.filter(idempotency_key=key).first() if key else None
@@ -288,11 +295,10 @@ def _transfer(
     job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
     """Move `amount` from one account to another, grant by grant in burn order."""
-    debit_account, credit_account = accounts_lock(debit, credit)
-    entry = transfer_post(
+    entry = transfer(
         type=type,
-        debit_id=debit_account.pk,
-        credit_id=credit_account.pk,
+        debit=debit,
+        credit=credit,
         amount=amount,
         spendable_only=spendable_only,
         actor=actor,
@@ -343,6 +349,7 @@ def _transfer_once(
             job_uuid=job_uuid,
         ),
         lambda entry: entry,
+        commits_itself=True,
     )
 
 
