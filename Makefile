@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements/dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run manage test lint lock check-python clean bench
+.PHONY: install run manage test lint lock check-python clean bench bench-ingest bench-cycles \
+	bench-charging
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -41,3 +42,13 @@ clean:
 
 bench: install
 	$(BIN)/python -m bench.ledger_ops
+
+# Batch usage ingestion over HTTP (gunicorn, loopback only), then its settlement.
+bench-ingest: install
+	$(BIN)/python -m bench.http_ingest $(ARGS)
+
+bench-cycles: install
+	$(BIN)/python -m bench.http_cycles $(ARGS)
+
+bench-charging: install
+	$(BIN)/python -m bench.charging $(ARGS)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db import OperationalError
 
 from billing import sweeps
+from core.tasks import RETRY_ON_DB_ERRORS
 
-RETRY = {"autoretry_for": (OperationalError,), "retry_backoff": True, "max_retries": 5}
 
-
-@shared_task(name="billing.grants_expire", **RETRY)
+@shared_task(name="billing.grants_expire", **RETRY_ON_DB_ERRORS)
 def grants_expire() -> int:
     return sweeps.grants_expire()
 

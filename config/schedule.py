@@ -13,4 +13,32 @@ def beat_schedule(env: environ.Env) -> dict[str, dict[str, Any]]:
             "task": "core.worker_heartbeat",
             "schedule": env.int("WORKER_HEARTBEAT_PERIOD", default=60),
         },
+        "usage-events-settle": {
+            "task": "metering.usage_events_settle",
+            "schedule": env.int("USAGE_SETTLE_PERIOD", default=60),
+        },
+        "longrun-jobs-charge": {
+            "task": "metering.longrun_jobs_charge",
+            "schedule": env.int("LONGRUN_CHARGE_PERIOD", default=60),
+        },
+        "storage-jobs-charge": {
+            "task": "metering.storage_jobs_charge",
+            "schedule": env.int("STORAGE_CHARGE_PERIOD", default=3600),
+        },
+        "reservations-expire": {
+            "task": "metering.reservations_expire",
+            "schedule": env.int("RESERVATIONS_EXPIRE_PERIOD", default=60),
+        },
+        "grants-expire": {
+            "task": "billing.grants_expire",
+            "schedule": env.int("GRANTS_EXPIRE_PERIOD", default=60),
+        },
+        "usage-rollup": {
+            "task": "metering.usage_rollup",
+            "schedule": env.int("USAGE_ROLLUP_PERIOD", default=60),
+        },
+        "ledger-audit": {
+            "task": "billing.ledger_audit",
+            "schedule": env.int("LEDGER_AUDIT_PERIOD", default=86400),
+        },
     }

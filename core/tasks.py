@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.core.cache import cache
+from django.db import OperationalError
 from django.utils import timezone
+
+# A lost connection or a serialization failure is worth another try, a little later each time.
+RETRY_ON_DB_ERRORS = {"autoretry_for": (OperationalError,), "retry_backoff": True, "max_retries": 5}
 
 HEARTBEAT_CACHE_KEY = "celery:worker-heartbeat"
 
