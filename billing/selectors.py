@@ -182,6 +182,7 @@ class ChargeSum:
     lab_id: int
     job_uuid: uuid_lib.UUID | None
     service_slug: str | None  # batch-usage charges name their service in the entry's metadata
+    service_type: str | None
     amount: Decimal  # charges less refunds
     charges: int
 
@@ -191,13 +192,14 @@ def charges_by_hour(*, start: datetime, end: datetime) -> list[ChargeSum]:
     source of metering's usage rollups (system work, not shown to anyone as such)."""
     sql = """
         SELECT date_trunc('hour', e.created_at) AS period, a.project_id, a.lab_id, e.job_uuid,
-               e.metadata->>'service', -SUM(l.amount), COUNT(DISTINCT e.id) FILTER (
+               e.metadata->>'service', e.metadata->>'service_type', -SUM(l.amount),
+               COUNT(DISTINCT e.id) FILTER (
                    WHERE e.type = 'charge')
           FROM billing_journalentry e
           JOIN billing_journalline l ON l.entry_id = e.id
           JOIN billing_ledgeraccount a ON a.id = l.account_id AND a.type IN ('proj', 'rsv')
          WHERE e.type IN ('charge', 'refund') AND e.created_at >= %s AND e.created_at < %s
-         GROUP BY 1, 2, 3, 4, 5
+         GROUP BY 1, 2, 3, 4, 5, 6
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, [start, end])

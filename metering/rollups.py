@@ -71,14 +71,14 @@ def _hourly(start: datetime, end: datetime) -> dict[tuple[datetime, int, int | N
             "uuid", "service_id"
         )
     )
-    by_slug: dict[str, int] = {}
-    for pk, slug in Service.objects.order_by("-type").values_list("pk", "slug"):
-        by_slug[slug] = pk  # batch usage names a slug; a oneshot service wins a shared one
+    services = {
+        (slug, kind): pk for pk, slug, kind in Service.objects.values_list("pk", "slug", "type")
+    }
     for charge in charged:
         service_id = (
             job_services.get(charge.job_uuid)
             if charge.job_uuid
-            else by_slug.get(charge.service_slug)
+            else services.get((charge.service_slug, charge.service_type))
         )
         sums_row = row(charge.period, charge.project_id, service_id, charge.lab_id)
         sums_row.amount += charge.amount

@@ -10,6 +10,7 @@ from accounts.services import service_token_create
 from billing import services as billing
 from metering import charging, usage
 from metering.models import RollupPeriod, ServiceType, UsageEvent, UsageRollup
+from metering.ingestion import usage_events_settle
 from metering.reservations import reservation_create
 from metering.rollups import usage_rollup
 from tests.metering.test_reservations import priced_service
@@ -55,8 +56,9 @@ def test_rollups_sum_charges_jobs_and_events_by_hour_and_day(cast):
         token, _ = service_token_create(name="gw", scopes=["usage"])
         UsageEvent.objects.create(
             token=token, event_id="e1", project=cast.alpha, service=llm, units=500,
-            occurred_at=at(3800), outcome="accepted", settled_at=at(3950),
+            occurred_at=at(3800), outcome="accepted",
         )  # fmt: skip
+        assert usage_events_settle().events == 1  # 500 tokens: 0.005, charged at 3900 s
         assert usage_rollup() > 0
         first = rollups(RollupPeriod.HOUR)
         assert usage_rollup() > 0  # a second run rebuilds the same rows
@@ -67,9 +69,9 @@ def test_rollups_sum_charges_jobs_and_events_by_hour_and_day(cast):
         (hour0, alpha, "ml-llm"): (D("0.04"), 2, 2, 4000),
         (hour0, alpha, "single-cell-sim"): (D("37.5"), 1, 0, 0),
         (hour1, alpha, "single-cell-sim"): (D("42"), 1, 1, 2 * 3900),
-        (hour1, alpha, "ml-llm"): (D("0"), 0, 0, 500),
+        (hour1, alpha, "ml-llm"): (D("0.005"), 1, 0, 500),
     }
     assert rollups(RollupPeriod.DAY) == {
-        (T0.replace(hour=0), alpha, "ml-llm"): (D("0.04"), 2, 2, 4500),
+        (T0.replace(hour=0), alpha, "ml-llm"): (D("0.045"), 3, 2, 4500),
         (T0.replace(hour=0), alpha, "single-cell-sim"): (D("79.5"), 2, 1, 7800),
     }
