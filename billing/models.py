@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -198,6 +199,9 @@ class JournalEntry(models.Model):
             models.Index(
                 fields=["job_uuid"], condition=Q(job_uuid__isnull=False), name="entry_job"
             ),
+            # charges_by_hour (usage rollups): entries of a time range. BRIN: the journal is
+            # append-only in time order, so a tiny index serves ranges and costs inserts nothing.
+            BrinIndex(fields=["created_at"], name="entry_created_brin"),
         ]
         constraints = [
             # Replays find the first entry by key; entries without a key stay out of the index.
