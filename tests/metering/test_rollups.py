@@ -9,8 +9,8 @@ import time_machine
 from accounts.services import service_token_create
 from billing import services as billing
 from metering import charging, usage
-from metering.models import RollupPeriod, ServiceType, UsageEvent, UsageRollup
 from metering.ingestion import usage_events_settle
+from metering.models import RollupPeriod, ServiceType, UsageEvent, UsageRollup
 from metering.reservations import reservation_create
 from metering.rollups import usage_rollup
 from tests.metering.test_reservations import priced_service
