@@ -85,8 +85,8 @@ def _row(name: str, measured: Load, unit: str, baseline: float) -> str:
 
 def run(stack: HttpStack, args: argparse.Namespace) -> None:
     from billing.audit import ledger_audit
-    from metering.ingestion import usage_events_settle
     from metering.models import UsageEvent
+    from metering.settlement import usage_events_settle
 
     world = world_create(projects=args.projects)
     token = token_create(scopes=["usage"])

@@ -43,8 +43,8 @@ UPDATE metering_job AS j
    SET charged_amount = v.charged_amount, last_charged_at = v.last_charged_at,
        finished_at = v.finished_at, expired_at = v.expired_at, closed_at = v.closed_at,
        price_id = v.price_id, updated_at = v.updated_at
-  FROM unnest(%s::bigint[], %s::numeric[], %s::timestamptz[], %s::timestamptz[],
-              %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::timestamptz[])
+  FROM unnest(%b::bigint[], %b::numeric[], %b::timestamptz[], %b::timestamptz[],
+              %b::timestamptz[], %b::timestamptz[], %b::bigint[], %b::timestamptz[])
        AS v (id, charged_amount, last_charged_at, finished_at, expired_at, closed_at, price_id,
              updated_at)
  WHERE j.id = v.id

@@ -1,15 +1,10 @@
-"""Batch usage ingestion (`POST /api/v1/usage/events`) and its settlement.
+"""Batch usage ingestion (`POST /api/v1/usage/events`).
 
 Ingestion checks every event of a batch, writes them all (accepted or rejected) in one
 statement that skips ids the token already used, and answers each event's outcome; a resent
-event gets its first outcome back. Nothing is charged there: `usage_events_settle` (a periodic
-task) claims unsettled accepted events in batches, sums their cost per project and service,
-and charges each sum once through billing, marking the events settled in the same transaction.
-So ingestion costs a handful of queries per batch, not a ledger entry per event.
-
-Cost of an event: the tiered cost of its units from zero (metering/cost.py), at the price of
-its service valid for its project's lab at the event's time, less the lab's discount valid at
-that time. A group's sum is quantized once (core.money.credits_quantize).
+event gets its first outcome back. Nothing is charged here: metering/settlement.py charges
+accepted events, summed per project and service. So ingestion costs a handful of queries per
+batch, not a ledger entry per event.
 """
 
 from __future__ import annotations
@@ -17,38 +12,30 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import uuid as uuid_lib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
-from django.db.models import Q
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts import selectors as account_selectors
-from accounts.models import Project, ServiceToken
-from billing import charges
-from billing.errors import InsufficientFundsError
+from accounts.models import ServiceToken
 from core.db import execute_prepared
 from core.errors import InvalidRequestError
-from core.money import MAX_CREDITS, credits_quantize
-from metering.cost import Tier, tiered_cost, usage_cost
 from metering.models import (
-    Discount,
     Job,
-    Price,
     Service,
     ServiceType,
     UsageEvent,
     UsageEventOutcome,
 )
+from metering.price_books import PriceBook
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +46,6 @@ ID_MAX_LENGTH = 255  # UsageEvent.event_id
 KEY_MAX_LENGTH = 64  # UsageEvent.key_ref
 UNITS_MAX = 2**63 - 1  # a PostgreSQL bigint
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
-SETTLE_REASON = "usage_events"
 
 
 class Reason:
@@ -127,76 +113,6 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
-
-
-# Prices and discounts of many events, in a few queries ------------------------------------------
-
-
-def _valid(row: Price | Discount, at: datetime) -> bool:
-    return row.valid_from <= at and (row.valid_to is None or row.valid_to > at)
-
-
-class PriceBook:
-    """The prices of some services for some labs, loaded in one query (plus their tiers), then
-    picked per event in memory by the rule of selectors.price_current: the lab's own price valid
-    at the moment, else the default one; among several, the latest `valid_from`, then newest."""
-
-    def __init__(self, service_ids: Iterable[int], lab_ids: Iterable[int]) -> None:
-        labs = set(lab_ids)
-        prices = (
-            Price.objects.filter(service_id__in=set(service_ids))
-            .filter(Q(lab__isnull=True) | Q(lab_id__in=labs))
-            .prefetch_related("tiers")
-            .order_by("-valid_from", "-id")
-        )
-        self._versions: dict[tuple[int, int | None], list[Price]] = defaultdict(list)
-        self._tiers: dict[int, list[Tier]] = {}
-        self._bound: dict[int, tuple[Decimal, Decimal]] = {}
-        for price in prices:
-            self._versions[(price.service_id, price.lab_id)].append(price)
-            tiers = [
-                Tier(t.min_quantity, t.max_quantity, t.fixed_cost, t.multiplier)
-                for t in price.tiers.all()
-            ]
-            self._tiers[price.pk] = tiers
-            self._bound[price.pk] = (
-                sum((t.fixed_cost for t in tiers), ZERO),
-                max((t.multiplier for t in tiers), default=ZERO),
-            )
-
-    def at(self, service_id: int, lab_id: int, moment: datetime) -> Price | None:
-        for scope in (lab_id, None):
-            for price in self._versions.get((service_id, scope), ()):
-                if _valid(price, moment):
-                    return price
-        return None
-
-    def tiers(self, price: Price) -> list[Tier]:
-        return self._tiers[price.pk]
-
-    def cost_fits(self, price: Price, units: int) -> bool:
-        """Whether `units` cost less than MAX_CREDITS before any discount: a cheap upper bound
-        first (every fixed cost plus every unit at the highest rate), the exact cost if not."""
-        fixed, rate = self._bound[price.pk]
-        if fixed + rate * units < MAX_CREDITS:
-            return True
-        return tiered_cost(self._tiers[price.pk], 0, units) < MAX_CREDITS
-
-
-class DiscountBook:
-    """The discounts of some labs, in one query; picked per moment like discount_current."""
-
-    def __init__(self, lab_ids: Iterable[int]) -> None:
-        self._versions: dict[int, list[Discount]] = defaultdict(list)
-        rows = Discount.objects.filter(lab_id__in=set(lab_ids)).order_by("-valid_from", "-id")
-        for discount in rows:
-            self._versions[discount.lab_id].append(discount)
-
-    def at(self, lab_id: int, moment: datetime) -> Decimal:
-        for discount in self._versions.get(lab_id, ()):
-            if _valid(discount, moment):
-                return discount.discount
-        return ZERO
 
 
 # Ingestion --------------------------------------------------------------------------------------
@@ -474,155 +390,3 @@ def usage_events_ingest(*, token: ServiceToken, events: object) -> IngestResult:
         else:
             result.rejected += 1
     return result
-
-
-# Settlement -------------------------------------------------------------------------------------
-
-
-@dataclass
-class SettleRun:
-    """What one settlement run did, for its log line and its caller."""
-
-    events: int = 0  # settled (charged) events
-    charges: int = 0  # groups (project, service) charged
-    units: int = 0
-    amount: Decimal = ZERO
-    left: int = 0  # claimed but left unsettled for a later run (no price, failed charge)
-    batches: int = 0
-    seconds: float = field(default=0.0)
-
-    def __str__(self) -> str:
-        return (
-            f"{self.events} event(s) settled in {self.charges} charge(s), {self.units} units,"
-            f" {self.amount} credits; {self.left} left for later; {self.batches} batch(es) in"
-            f" {self.seconds:.2f} s"
-        )
-
-
-@dataclass
-class _Group:
-    project_id: int
-    lab_id: int
-    service: Service
-    cost: Decimal = ZERO  # full precision, quantized once
-    units: int = 0
-    event_ids: list[int] = field(default_factory=list)
-
-    def order(self) -> charges.ChargeOrder:
-        return charges.ChargeOrder(
-            project_id=self.project_id,
-            lab_id=self.lab_id,
-            amount=credits_quantize(self.cost),
-            reason=SETTLE_REASON,
-            metadata={
-                "service": self.service.slug,  # read by the usage rollups
-                "service_type": self.service.type,
-                "events": len(self.event_ids),
-                "units": self.units,
-            },
-        )
-
-
-_MARK_SETTLED = "UPDATE metering_usageevent SET settled_at = %s WHERE id = ANY(%s)"
-
-
-def _groups(rows: Sequence[tuple[int, int, int, int, datetime]]) -> tuple[list[_Group], int]:
-    """The batch's events summed per (project, service): (groups, events left unpriced)."""
-    labs = dict(Project.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", "lab_id"))
-    services = Service.objects.in_bulk({row[2] for row in rows})
-    prices = PriceBook(services, set(labs.values()))
-    discounts = DiscountBook(set(labs.values()))
-    costs: dict[tuple[int, int, Decimal], Decimal] = {}
-    groups: dict[tuple[int, int], _Group] = {}
-    left = 0
-    for pk, project_id, service_id, units, occurred_at in rows:
-        lab_id = labs[project_id]
-        price = prices.at(service_id, lab_id, occurred_at)
-        if price is None:  # a price version was cut short after the event was accepted
-            logger.error("usage event %s: no price at %s, left unsettled", pk, occurred_at)
-            left += 1
-            continue
-        discount = discounts.at(lab_id, occurred_at)
-        key = (price.pk, units, discount)
-        if key not in costs:
-            costs[key] = usage_cost(prices.tiers(price), 0, units, discount)
-        group = groups.get((project_id, service_id))
-        if group is None:
-            group = groups[(project_id, service_id)] = _Group(
-                project_id, lab_id, services[service_id]
-            )
-        group.cost += costs[key]
-        group.units += units
-        group.event_ids.append(pk)
-    return list(groups.values()), left
-
-
-def _charged(groups: list[_Group]) -> list[_Group]:
-    """Charge every group in one billing call; if that fails, each in its own savepoint, so
-    one project that cannot be charged (a lab that never had credits) holds back only its
-    own events. Returns the groups charged."""
-    if not groups:
-        return []
-    try:
-        with transaction.atomic():
-            charges.usage_charges_post(orders=[group.order() for group in groups])
-        return groups
-    except (DatabaseError, InsufficientFundsError):
-        logger.warning("usage_events_settle: a batch charge failed, charging its groups singly")
-    done = []
-    for group in groups:
-        try:
-            with transaction.atomic():
-                charges.usage_charges_post(orders=[group.order()])
-            done.append(group)
-        except (DatabaseError, InsufficientFundsError):
-            logger.exception(
-                "usage_events_settle: %s events of project %s, service %s left unsettled",
-                len(group.event_ids), group.project_id, group.service,
-            )  # fmt: skip
-    return done
-
-
-def usage_events_settle(*, now: datetime | None = None, batch_size: int = 5000) -> SettleRun:
-    """Charge the accepted events received up to `now` and not settled yet: a batch per
-    transaction, in id order. Each batch claims its events (skipping those another settler
-    holds), charges one sum per (project, service) and marks its events settled in the same
-    transaction: running it twice, or two at once, charges every event once, and a run killed
-    midway loses only its open batch, which the next run settles."""
-    now = now or timezone.now()
-    run, cursor, started = SettleRun(), 0, time.monotonic()
-    # Served by the partial index usage_event_settle_queue.
-    queue = (
-        UsageEvent.objects.filter(
-            outcome=UsageEventOutcome.ACCEPTED, settled_at__isnull=True, received_at__lte=now
-        )
-        .order_by("pk")
-        .select_for_update(skip_locked=True)
-    )
-    while True:
-        with transaction.atomic():
-            rows = list(
-                queue.filter(pk__gt=cursor).values_list(
-                    "pk", "project_id", "service_id", "units", "occurred_at"
-                )[:batch_size]
-            )
-            if not rows:
-                break
-            cursor = rows[-1][0]
-            groups, left = _groups(rows)
-            charged = _charged(groups)
-            charged_ids = {id(group) for group in charged}
-            settled = [pk for group in charged for pk in group.event_ids]
-            execute_prepared(_MARK_SETTLED, [now, settled])
-            run.batches += 1
-            run.events += len(settled)
-            run.charges += len(charged)
-            run.units += sum(group.units for group in charged)
-            run.amount += sum((credits_quantize(group.cost) for group in charged), ZERO)
-            run.left += left + sum(
-                len(group.event_ids) for group in groups if id(group) not in charged_ids
-            )
-    run.seconds = time.monotonic() - started
-    if run.batches:
-        logger.info("usage_events_settle: %s", run)
-    return run

@@ -5,13 +5,13 @@ from __future__ import annotations
 from celery import shared_task
 
 from core.tasks import RETRY_ON_DB_ERRORS
-from metering import charging, ingestion, reservations, rollups
+from metering import charging, reservations, rollups, settlement
 
 
 @shared_task(name="metering.usage_events_settle", **RETRY_ON_DB_ERRORS)
 def usage_events_settle() -> int:
     """Charge the batch usage events accepted since the last run (beat: USAGE_SETTLE_PERIOD)."""
-    return ingestion.usage_events_settle().events
+    return settlement.usage_events_settle().events
 
 
 @shared_task(name="metering.longrun_jobs_charge", **RETRY_ON_DB_ERRORS)

@@ -9,10 +9,10 @@ import time_machine
 from accounts.services import service_token_create
 from billing import services as billing
 from metering import charging, usage
-from metering.ingestion import usage_events_settle
 from metering.models import RollupPeriod, ServiceType, UsageEvent, UsageRollup
 from metering.reservations import reservation_create
 from metering.rollups import usage_rollup
+from metering.settlement import usage_events_settle
 from tests.metering.test_reservations import priced_service
 from tests.metering.test_usage import SIM_TIERS, T0, at
 

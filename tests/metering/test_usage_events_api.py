@@ -307,7 +307,7 @@ def test_one_malformed_event_refuses_the_whole_batch(cast, world, usage_client):
 
 @pytest.mark.django_db
 def test_the_outsider_cannot_post_for_alices_projects(cast, world, token_client):
-    from metering.ingestion import usage_events_settle
+    from metering.settlement import usage_events_settle
 
     charlie_project = Project.objects.get(lab=cast.charlie_lab)
     billing.budget_grant(project=charlie_project, amount="10")
@@ -352,7 +352,7 @@ def test_a_token_without_the_usage_scope_is_forbidden(cast, world, token_client,
 
 @pytest.mark.django_db(transaction=True)
 def test_one_batch_from_ten_threads_is_accepted_once_and_charged_once(cast):
-    from metering.ingestion import usage_events_settle
+    from metering.settlement import usage_events_settle
 
     with time_machine.travel(T0, tick=False):
         service_priced("ml-llm", tiers=[Tier(0, None, D("0.5"), D("0.001"))])

@@ -20,9 +20,11 @@ from billing.selectors import project_balances
 from config.schedule import beat_schedule
 from metering import selectors, tasks
 from metering.cost import Tier
-from metering.ingestion import PriceBook, usage_events_ingest, usage_events_settle
+from metering.ingestion import usage_events_ingest
 from metering.models import UsageEvent
+from metering.price_books import PriceBook
 from metering.services import discount_create
+from metering.settlement import usage_events_settle
 from tests.metering.test_usage_events_api import T0, TWO_TIERS, event, service_priced
 
 D = Decimal

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from core.cli import moment
-from metering.ingestion import usage_events_settle
+from metering.settlement import usage_events_settle
 
 
 class Command(BaseCommand):
