@@ -1,5 +1,6 @@
 """The periodic ledger work: the grant expiry sweep and the daily audit."""
 
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -24,14 +25,23 @@ def test_the_sweep_expires_due_grants_once_and_leaves_the_others(cast):
     later = services.lab_top_up(lab=cast.lab, amount="20", expires_at=soon + timedelta(days=9))
     services.lab_top_up(lab=cast.lab, amount="5")
     services.budget_assign(lab=cast.lab, project=cast.alpha, amount="10")  # from `due` first
+    job = uuid.uuid4()
+    services.hold_create(project=cast.alpha, amount="4", job_uuid=job)  # held: stays held
     assert grants_expire() == 0
     with time_machine.travel(soon + timedelta(seconds=1)):
         assert grants_expire() == 1
         assert grants_expire() == 0
-    due.refresh_from_db()
-    later.refresh_from_db()
-    assert due.expired_at is not None and later.expired_at is None
-    assert lab_balance(cast.lab).balance == D("25")  # 20 + 5 left; Alpha's 10 went back too
+        due.refresh_from_db()
+        later.refresh_from_db()
+        assert due.expired_at is not None and later.expired_at is None
+        state = lab_balance(cast.lab)
+        assert state.balance == D("25")  # 20 + 5 left; Alpha's 6 unheld went back too
+        alpha = state.projects[0]
+        assert (alpha.project, alpha.balance, alpha.reserved) == (cast.alpha, 0, D("4"))
+        # Released later, the held part of the expired grant goes to the system account.
+        assert services.hold_release(project=cast.alpha, job_uuid=job) == D("4")
+        alpha = lab_balance(cast.lab).projects[0]
+        assert (alpha.balance, alpha.reserved) == (0, 0)
     assert JournalEntry.objects.filter(type=EntryType.EXPIRE).count() == 1
 
 
