@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from core.errors import api_exception_handler, error_body
 from core.money import AmountError, credits_parse
-from core.parsers import DecimalJSONParser
+from core.parsers import UnicodeJSONParser
 
 
 def envelope(message: str, data: Any = None, status_code: int = status.HTTP_200_OK) -> Response:
@@ -121,7 +121,7 @@ class CreditsField(serializers.Field):
 class AccountingView(APIView):
     """Base of every /api/accounting/ view: service tokens only, Decimal JSON, reference errors."""
 
-    parser_classes = [DecimalJSONParser]  # also the default; stated because money depends on it
+    parser_classes = [UnicodeJSONParser]  # Decimal numbers: money depends on it
 
     def get_exception_handler(self):  # type: ignore[no-untyped-def]
         return accounting_exception_handler

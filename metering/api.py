@@ -20,7 +20,13 @@ from billing.api import AccountingTokenView, GlobalTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from core.money import credits_format_cents
 from metering import reservations, selectors, services
-from metering.constants import LEGACY_SUBTYPES, SUBTYPES
+from metering.constants import (
+    LEGACY_SUBTYPES,
+    MAX_COUNT,
+    MAX_DURATION_SECONDS,
+    MAX_INSTANCES,
+    SUBTYPES,
+)
 from metering.cost import Tier
 from metering.errors import (
     JobNotFoundError,
@@ -229,7 +235,7 @@ class EstimateIn(StrictSerializer):
     proj_id = serializers.UUIDField()
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
     subtype = subtype_field()
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
 
     def validate_subtype(self, value: str) -> str:
         return _not_legacy(value)
@@ -261,13 +267,13 @@ class ReservationIn(StrictSerializer):
 
 class OneshotReservationIn(ReservationIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
 
 
 class LongrunReservationIn(ReservationIn):
     type = serializers.ChoiceField(choices=[ServiceType.LONGRUN.value])
-    duration = serializers.IntegerField(min_value=0)
-    instances = serializers.IntegerField(min_value=0)
+    duration = serializers.IntegerField(min_value=0, max_value=MAX_DURATION_SECONDS)
+    instances = serializers.IntegerField(min_value=0, max_value=MAX_INSTANCES)
     instance_type = serializers.CharField(allow_null=True, allow_blank=True, required=False)
 
 

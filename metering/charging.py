@@ -198,26 +198,35 @@ def _longrun_step(job: Job, now: datetime, rates: Rates) -> charges.ChargeOrder 
 # Storage ----------------------------------------------------------------------------------------
 
 
-def storage_amount(job: Job, start: datetime, end: datetime, rates: Rates) -> Decimal:
-    """Cost of holding the job's bytes from `start` to `end`, at the price of `rates`' moment."""
+def storage_increment(job: Job, last: datetime, end: datetime, rates: Rates) -> Decimal:
+    """What holding the job's bytes from `last` to `end` adds to its cost (negative if `end` is
+    earlier), at the price of `rates`' moment. Computed from the interval's start, as
+    quantize(cost(start, end)) - quantize(cost(start, last)), so the charges of an interval add
+    up exactly to its cost and no fraction of a second is lost between them."""
     price = rates.storage_price(job)
     job.price = price
-    seconds = int((end - start).total_seconds())
+    tiers = selectors.price_tiers(price)
     size = int(job.usage_params.get("size", 0))
     discount = rates.discount(job.lab_id)
-    return credits_quantize(storage_cost(selectors.price_tiers(price), size, seconds, discount))
+
+    def cost_until(moment: datetime) -> Decimal:
+        seconds = max(int((moment - job.started_at).total_seconds()), 0)  # type: ignore[operator]
+        cost = credits_quantize(storage_cost(tiers, size, seconds, discount))
+        if cost >= MAX_CREDITS:
+            raise UsageError("The storage costs more than any balance can hold")
+        return cost
+
+    return cost_until(end) - cost_until(last)
 
 
 def storage_close(job: Job, *, end: datetime, now: datetime, actor: Actor) -> None:
     """The last charge of a storage interval, up to `end` (a refund if it was charged past
     `end`). The caller holds the job's row lock; this saves it."""
-    last = charged_until(job)
-    rates = Rates(end)
-    if end >= last:
-        amount = storage_amount(job, last, end, rates)
-        job_charge(job, amount, release_rest=False, reason="storage", actor=actor)
+    increment = storage_increment(job, charged_until(job), end, Rates(end))
+    if increment >= 0:
+        job_charge(job, increment, release_rest=False, reason="storage", actor=actor)
     else:
-        job_refund(job, storage_amount(job, end, last, rates), reason="storage", actor=actor)
+        job_refund(job, -increment, reason="storage", actor=actor)
     job.finished_at = job.last_charged_at = end
     job.closed_at = now
     job.save()
@@ -228,12 +237,12 @@ def _storage_step(job: Job, now: datetime, rates: Rates) -> charges.ChargeOrder 
     if (now - last).total_seconds() < settings.STORAGE_MIN_CHARGE_INTERVAL_SECONDS:
         return None
     try:
-        amount = storage_amount(job, last, now, rates)
+        amount = storage_increment(job, last, now, rates)
     except MissingPriceError:
         logger.error("storage job %s has no price at %s: not charged", job.uuid, now)
         return None
     if amount < settings.MIN_CHARGE_AMOUNT:
-        return None
+        return None  # not lost: the next increment is computed from the interval's start
     return charges.ChargeOrder(job.project_id, job.lab_id, amount, job.uuid, reason="storage")
 
 
@@ -247,6 +256,7 @@ class ChargeRun:
     jobs_seen: int = 0
     jobs_charged: int = 0
     jobs_closed: int = 0
+    jobs_failed: int = 0  # could not be charged (logged); the next run tries again
     amount: Decimal = ZERO
     seconds: float = 0.0
     batches: int = field(default=0)
@@ -254,7 +264,8 @@ class ChargeRun:
     def __str__(self) -> str:
         return (
             f"{self.jobs_seen} job(s) seen, {self.jobs_charged} charged, {self.jobs_closed}"
-            f" closed, {self.amount} credits, {self.batches} batch(es) in {self.seconds:.2f} s"
+            f" closed, {self.jobs_failed} failed, {self.amount} credits, {self.batches} batch(es)"
+            f" in {self.seconds:.2f} s"
         )
 
 
@@ -282,7 +293,13 @@ def _jobs_charge(
             charges.charge_accounts_lock(sorted({job.project_id for job in batch}))
             rates = Rates(now, lab_ids={job.lab_id for job in batch})
             before = {job.pk: job.charged_amount for job in batch}
-            due = [(job, step(job, now, rates)) for job in batch]
+            due = []
+            for job in batch:
+                try:
+                    due.append((job, step(job, now, rates)))
+                except UsageError as exc:  # raised before it wrote anything: skip this job only
+                    logger.error("%s: job %s not charged: %s", name, job.uuid, exc.message)
+                    run.jobs_failed += 1
             running = [(job, order) for job, order in due if order is not None]
             results = charges.usage_charges_post(orders=[order for _, order in running])
             for (job, _order), result in zip(running, results, strict=True):

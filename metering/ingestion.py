@@ -328,7 +328,7 @@ def _insert(token: ServiceToken, events: list[_Event], now: datetime) -> set[str
             "j": e.job_id,
             "k": e.key_ref,
             "u": e.units,
-            "t": e.occurred_at.isoformat() if e.occurred_at else None,
+            "t": e.occurred_at.astimezone(UTC).isoformat() if e.occurred_at else None,
             "o": UsageEventOutcome.REJECTED.value if e.reason else UsageEventOutcome.ACCEPTED.value,
             "r": e.reason or "",
         }

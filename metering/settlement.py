@@ -24,7 +24,7 @@ from accounts.models import Project
 from billing import charges
 from billing.errors import InsufficientFundsError
 from core.db import execute_prepared
-from core.money import credits_quantize
+from core.money import CREDIT_QUANTUM, MAX_CREDITS, credits_quantize
 from metering.cost import usage_cost
 from metering.models import Service, UsageEvent, UsageEventOutcome
 from metering.price_books import DiscountBook, PriceBook
@@ -64,19 +64,31 @@ class _Group:
     units: int = 0
     event_ids: list[int] = field(default_factory=list)
 
-    def order(self) -> charges.ChargeOrder:
-        return charges.ChargeOrder(
-            project_id=self.project_id,
-            lab_id=self.lab_id,
-            amount=credits_quantize(self.cost),
-            reason=SETTLE_REASON,
-            metadata={
-                "service": self.service.slug,  # read by the usage rollups
-                "service_type": self.service.type,
-                "events": len(self.event_ids),
-                "units": self.units,
-            },
-        )
+    def orders(self) -> list[charges.ChargeOrder]:
+        """The group's charge, in parts below MAX_CREDITS: one amount never exceeds what a
+        single movement may carry, however many events a batch sums."""
+        total, orders = credits_quantize(self.cost), []
+        metadata = {
+            "service": self.service.slug,  # read by the usage rollups
+            "service_type": self.service.type,
+            "events": len(self.event_ids),
+            "units": self.units,
+        }
+        part = MAX_CREDITS - CREDIT_QUANTUM
+        while True:
+            amount = min(total, part)
+            orders.append(
+                charges.ChargeOrder(
+                    project_id=self.project_id,
+                    lab_id=self.lab_id,
+                    amount=amount,
+                    reason=SETTLE_REASON,
+                    metadata=metadata,
+                )
+            )
+            total -= amount
+            if total <= 0:
+                return orders
 
 
 _MARK_SETTLED = "UPDATE metering_usageevent SET settled_at = %s WHERE id = ANY(%s)"
@@ -121,7 +133,7 @@ def _charged(groups: list[_Group]) -> list[_Group]:
         return []
     try:
         with transaction.atomic():
-            charges.usage_charges_post(orders=[group.order() for group in groups])
+            charges.usage_charges_post(orders=[o for group in groups for o in group.orders()])
         return groups
     except (DatabaseError, InsufficientFundsError):
         logger.warning("usage_events_settle: a batch charge failed, charging its groups singly")
@@ -129,13 +141,15 @@ def _charged(groups: list[_Group]) -> list[_Group]:
     for group in groups:
         try:
             with transaction.atomic():
-                charges.usage_charges_post(orders=[group.order()])
+                charges.usage_charges_post(orders=group.orders())
             done.append(group)
         except (DatabaseError, InsufficientFundsError):
             logger.exception(
                 "usage_events_settle: %s events of project %s, service %s left unsettled",
-                len(group.event_ids), group.project_id, group.service,
-            )  # fmt: skip
+                len(group.event_ids),
+                group.project_id,
+                group.service,
+            )
     return done
 
 

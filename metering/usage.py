@@ -158,23 +158,26 @@ def longrun_event_record(
 def _longrun_finish(
     job: Job, *, at: datetime, instances: int | None, instance_type: str | None, actor: Actor
 ) -> None:
+    if job.started_at is None:
+        # Its `started` was lost: bill from the reservation, the earliest it can have started.
+        if job.reserved_at is not None and at < job.reserved_at:
+            raise UsageError("The job cannot finish before it was reserved")
+        _longrun_start(job, job.reserved_at or at, instances, instance_type)
+    if at < job.started_at:  # type: ignore[operator]
+        raise UsageError("The job cannot finish before it started")
     if job.closed_at is not None:
         if job.finished_at == at:
             return  # the same event again
-        if job.expired_at is not None and at < job.finished_at:  # type: ignore[operator]
-            # It finished before the charger gave up on it: give back what it overpaid.
+        closed_by_expiry = job.expired_at is not None and job.finished_at == job.expired_at
+        if closed_by_expiry and at < job.finished_at:  # type: ignore[operator]
+            # It finished before the charger gave up on it: give back what it overpaid, once.
             charging.longrun_close(
                 job, end=at, now=timezone.now(), reason="finished_late", actor=actor
             )
             return
-        if job.expired_at is not None:
+        if closed_by_expiry:
             return  # it ran on after expiry without heartbeats: it was charged up to expiry
         raise JobAlreadyFinishedError()
-    if job.started_at is None:
-        # Its `started` was lost: bill from the reservation, the earliest it can have started.
-        _longrun_start(job, min(job.reserved_at or at, at), instances, instance_type)
-    if at < job.started_at:  # type: ignore[operator]
-        raise UsageError("The job cannot finish before it started")
     job.last_alive_at = max(job.last_alive_at or at, at)
     charging.longrun_close(job, end=at, now=timezone.now(), reason="finished", actor=actor)
 
@@ -195,8 +198,6 @@ def storage_event_record(
         intervals = Job.objects.filter(project=project, kind=ServiceType.STORAGE)
         if size and (same := intervals.filter(started_at=at, usage_params__size=size).first()):
             return same  # the same event again
-        if not size and intervals.filter(finished_at=at).exclude(started_at=at).exists():
-            return None  # the same closing event again
         # Locked: the storage charger may be charging it right now.
         latest = (
             _jobs_locked()
@@ -204,6 +205,8 @@ def storage_event_record(
             .order_by("-started_at", "-id")
             .first()
         )
+        if not size and latest is not None and latest.finished_at == at:
+            return None  # the same closing event again: the latest interval ended then
         if latest is not None:
             if at < (latest.finished_at or latest.started_at):  # type: ignore[operator]
                 raise StorageOutOfOrderError()

@@ -21,6 +21,7 @@ from billing.api import AccountingTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from metering import selectors, usage
 from metering.api import subtype_field
+from metering.constants import MAX_COUNT, MAX_INSTANCES, MAX_STORAGE_BYTES
 from metering.models import ServiceType
 
 
@@ -59,20 +60,22 @@ class JobUsageIn(UsageIn):
 
 class OneshotUsageIn(JobUsageIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
 
 
 class LongrunUsageIn(JobUsageIn):
     type = serializers.ChoiceField(choices=[ServiceType.LONGRUN.value])
     status = serializers.ChoiceField(choices=usage.LongrunStatus.ALL)
-    instances = serializers.IntegerField(min_value=0, allow_null=True, required=False)
+    instances = serializers.IntegerField(
+        min_value=0, max_value=MAX_INSTANCES, allow_null=True, required=False
+    )
     instance_type = serializers.CharField(allow_null=True, allow_blank=True, required=False)
 
 
 class StorageUsageIn(UsageIn):
     type = serializers.ChoiceField(choices=[ServiceType.STORAGE.value])
     subtype = serializers.ChoiceField(choices=["storage"], default="storage")
-    size = serializers.IntegerField(min_value=0)
+    size = serializers.IntegerField(min_value=0, max_value=MAX_STORAGE_BYTES)
 
 
 class OneshotUsageView(AccountingTokenView):

@@ -33,25 +33,12 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SIM_TIERS = [Tier(0, None, D("1.5"), D("0.01"))]  # the reference's single-cell-sim test price
 
 
-@pytest.fixture
-def clock():
-    with time_machine.travel(T0, tick=False) as traveller:
-        yield traveller
-
-
 def at(seconds):
     return T0 + timedelta(seconds=seconds)
 
 
 def budget(project):
     return project_balances([project])[0]
-
-
-@pytest.fixture
-def sim(clock, cast):
-    service = priced_service("single-cell-sim", ServiceType.LONGRUN, SIM_TIERS)
-    billing.budget_grant(project=cast.alpha, amount="400")
-    return service
 
 
 def reserve_longrun(cast, sim, instances=1, duration=0):
