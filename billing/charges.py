@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from accounts.models import Project, ServiceToken, User
 from billing.errors import InsufficientFundsError
-from billing.ledger import Actor, Leg
+from billing.ledger import LEGS_APPLIED, Actor, Leg
 from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine
 from billing.services import system_account_get_or_create
 from core.db import execute_prepared
@@ -311,7 +311,7 @@ def usage_refund(
 # Every entry of a batch, its lines, the accounts' balances and the grants' remainders, in one
 # statement; columns travel as arrays (bound in binary: %b), so the size of a batch does not
 # change the statement.
-_POST_ENTRIES = """
+_POST_ENTRIES = f"""
 WITH entries AS (
     INSERT INTO billing_journalentry
         (uuid, type, created_at, actor_user_id, actor_token_id, reason, metadata,
@@ -330,16 +330,7 @@ WITH entries AS (
     INSERT INTO billing_journalline (entry_id, account_id, grant_id, amount)
     SELECT entries.id, legs.account_id, legs.grant_id, legs.amount
       FROM legs JOIN entries ON entries.uuid = legs.entry_uuid
-), balances AS (
-    UPDATE billing_ledgeraccount AS a
-       SET balance = a.balance + d.delta, updated_at = now()
-      FROM (SELECT account_id, SUM(amount) AS delta FROM legs GROUP BY account_id) AS d
-     WHERE a.id = d.account_id
-), remainders AS (
-    INSERT INTO billing_grantbalance AS b (account_id, grant_id, balance)
-    SELECT account_id, grant_id, SUM(amount) FROM legs GROUP BY account_id, grant_id
-    ON CONFLICT (account_id, grant_id) DO UPDATE SET balance = b.balance + EXCLUDED.balance
-)
+), {LEGS_APPLIED}
 SELECT COUNT(*) FROM entries
 """
 

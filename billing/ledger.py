@@ -139,13 +139,9 @@ def transfer_legs(portions: Iterable[tuple[int, Decimal]], *, debit: int, credit
     return legs
 
 
-# Writes the entry's lines (from `legs`), moves the accounts' balances and the grants'
-# remainders, all in the statement that inserted `entry`.
-_APPLY_LEGS = """
-, lines AS (
-    INSERT INTO billing_journalline (entry_id, account_id, grant_id, amount)
-    SELECT entry.id, legs.account_id, legs.grant_id, legs.amount FROM entry, legs
-), accounts AS (
+# CTEs that move the accounts' balances and the grants' remainders by the rows of `legs`
+# (account_id, grant_id, amount), in the statement that writes those lines.
+LEGS_APPLIED = """accounts AS (
     UPDATE billing_ledgeraccount AS a
        SET balance = a.balance + d.delta, updated_at = now()
       FROM (SELECT account_id, SUM(amount) AS delta FROM legs GROUP BY account_id) AS d
@@ -154,7 +150,15 @@ _APPLY_LEGS = """
     INSERT INTO billing_grantbalance AS b (account_id, grant_id, balance)
     SELECT account_id, grant_id, SUM(amount) FROM legs GROUP BY account_id, grant_id
     ON CONFLICT (account_id, grant_id) DO UPDATE SET balance = b.balance + EXCLUDED.balance
-)
+)"""
+
+# Writes the entry's lines (from `legs`), moves the accounts' balances and the grants'
+# remainders, all in the statement that inserted `entry`.
+_APPLY_LEGS = f"""
+, lines AS (
+    INSERT INTO billing_journalline (entry_id, account_id, grant_id, amount)
+    SELECT entry.id, legs.account_id, legs.grant_id, legs.amount FROM entry, legs
+), {LEGS_APPLIED}
 SELECT (SELECT id FROM entry)
 """
 

@@ -22,7 +22,6 @@ from core.money import credits_format_cents
 from metering import reservations, selectors, services
 from metering.constants import (
     LEGACY_SUBTYPES,
-    MAX_COUNT,
     MAX_DURATION_SECONDS,
     MAX_INSTANCES,
     SUBTYPES,
@@ -235,7 +234,7 @@ class EstimateIn(StrictSerializer):
     proj_id = serializers.UUIDField()
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
     subtype = subtype_field()
-    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
+    count = serializers.IntegerField(min_value=0)
 
     def validate_subtype(self, value: str) -> str:
         return _not_legacy(value)
@@ -267,7 +266,7 @@ class ReservationIn(StrictSerializer):
 
 class OneshotReservationIn(ReservationIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
+    count = serializers.IntegerField(min_value=0)
 
 
 class LongrunReservationIn(ReservationIn):

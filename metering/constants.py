@@ -14,9 +14,8 @@ SUBTYPES = [
 ]  # fmt: skip
 LEGACY_SUBTYPES = {"ml-rag", "ml-retrieval"}
 
-# Upper bounds of usage quantities: beyond them no price could be charged without overflowing a
-# balance, and a job that can never be charged would block the chargers' work on it.
+# Upper bounds of long-running and storage quantities: a job whose cost can never be charged
+# would stay open for ever. (A count needs none: its cost is checked when it is reserved.)
 MAX_INSTANCES = 1_000_000
 MAX_DURATION_SECONDS = 10 * 366 * 86400  # ten years
-MAX_COUNT = 2**63 - 1  # a PostgreSQL bigint
 MAX_STORAGE_BYTES = 10**18  # an exabyte

@@ -21,7 +21,7 @@ from billing.api import AccountingTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from metering import selectors, usage
 from metering.api import subtype_field
-from metering.constants import MAX_COUNT, MAX_INSTANCES, MAX_STORAGE_BYTES
+from metering.constants import MAX_INSTANCES, MAX_STORAGE_BYTES
 from metering.models import ServiceType
 
 
@@ -60,7 +60,7 @@ class JobUsageIn(UsageIn):
 
 class OneshotUsageIn(JobUsageIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0, max_value=MAX_COUNT)
+    count = serializers.IntegerField(min_value=0)
 
 
 class LongrunUsageIn(JobUsageIn):
