@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.models import ServiceToken
 from billing import charges
+from billing.errors import InsufficientFundsError
 from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from metering import selectors
@@ -178,12 +179,11 @@ def _longrun_step(job: Job, now: datetime, rates: Rates) -> charges.ChargeOrder 
     expiry = (job.last_alive_at or job.started_at) + timedelta(  # type: ignore[operator]
         seconds=settings.LONGRUN_EXPIRY_SECONDS
     )
-    if job.finished_at is not None:
-        longrun_close(job, end=job.finished_at, now=now, reason="finished", actor=None, rates=rates)
-        return None
-    if now > expiry:
-        job.expired_at = expiry
-        longrun_close(job, end=expiry, now=now, reason="expired", actor=None, rates=rates)
+    if job.finished_at is not None or now > expiry:
+        end, reason = (job.finished_at, "finished") if job.finished_at else (expiry, "expired")
+        with transaction.atomic():  # a savepoint: a close that fails leaves no half of itself
+            longrun_close(job, end=end, now=now, reason=reason, actor=None, rates=rates)
+            job.expired_at = None if reason == "finished" else expiry
         return None
     last = charged_until(job)
     if (now - last).total_seconds() < settings.LONGRUN_MIN_CHARGE_INTERVAL_SECONDS:
@@ -293,26 +293,32 @@ def _jobs_charge(
             charges.charge_accounts_lock(sorted({job.project_id for job in batch}))
             rates = Rates(now, lab_ids={job.lab_id for job in batch})
             before = {job.pk: job.charged_amount for job in batch}
-            due = []
+            running, failed = [], set()
             for job in batch:
                 try:
-                    due.append((job, step(job, now, rates)))
-                except UsageError as exc:  # raised before it wrote anything: skip this job only
+                    order = step(job, now, rates)
+                except (UsageError, InsufficientFundsError) as exc:
+                    # Nothing of it was written (its close ran in a savepoint): skip this job
+                    # only, logged; the next run tries it again.
                     logger.error("%s: job %s not charged: %s", name, job.uuid, exc.message)
-                    run.jobs_failed += 1
-            running = [(job, order) for job, order in due if order is not None]
-            results = charges.usage_charges_post(orders=[order for _, order in running])
-            for (job, _order), result in zip(running, results, strict=True):
+                    failed.add(job.pk)
+                    continue
+                if order is not None:
+                    running.append((job, order))
+            for job, result in zip(*_orders_post(running, failed, name=name), strict=True):
                 job.charged_amount += result.charged
                 job.last_charged_at = now
             changed = [
-                job for job in batch if job.charged_amount != before[job.pk] or job.closed_at
+                job
+                for job in batch
+                if job.pk not in failed and (job.charged_amount != before[job.pk] or job.closed_at)
             ]
             closed = [job for job in changed if job.closed_at == now]
             _jobs_write_back(changed, now)
             run.batches += 1
             run.jobs_seen += len(batch)
-            run.jobs_charged += len(running)
+            run.jobs_failed += len(failed)
+            run.jobs_charged += len(running) - len(failed & {job.pk for job, _ in running})
             run.jobs_closed += len(closed)
             run.amount += sum((job.charged_amount - before[job.pk] for job in changed), ZERO)
     run.seconds = time.monotonic() - started
@@ -327,6 +333,30 @@ _CHARGING_COLUMNS = [
     "usage_params", "started_at", "last_alive_at", "last_charged_at", "finished_at",
     "expired_at", "closed_at", "charged_amount",
 ]  # fmt: skip
+
+
+def _orders_post(
+    running: list[tuple[Job, charges.ChargeOrder]], failed: set[int], *, name: str
+) -> tuple[list[Job], list[charges.ChargeResult]]:
+    """Charge the batch's running jobs in one billing call; should one of them be impossible to
+    charge (a lab that never had credits), charge them one by one, each in a savepoint, and
+    add the ones that fail to `failed`. Returns the jobs charged and their results."""
+    try:
+        with transaction.atomic():
+            results = charges.usage_charges_post(orders=[order for _, order in running])
+        return [job for job, _ in running], results
+    except InsufficientFundsError:
+        pass
+    jobs, results = [], []
+    for job, order in running:
+        try:
+            with transaction.atomic():
+                results += charges.usage_charges_post(orders=[order])
+            jobs.append(job)
+        except InsufficientFundsError as exc:
+            logger.error("%s: job %s not charged: %s", name, job.uuid, exc.message)
+            failed.add(job.pk)
+    return jobs, results
 
 
 def _open(kind: str) -> QuerySet[Job]:

@@ -164,3 +164,21 @@ def test_storage_charger_bills_open_intervals_across_runs(cast, settings):
         assert charging.storage_jobs_charge(now=T0 + timedelta(hours=hours)).amount == D("0.0036")
     assert charging.storage_jobs_charge(now=at(3 * 3600 + 10)).jobs_charged == 0
     assert Job.objects.get().charged_amount == D("0.0108")
+
+
+@pytest.mark.django_db
+def test_a_job_that_cannot_be_charged_is_skipped_and_the_others_are_charged(cast):
+    running_jobs(3)
+    penniless = lab_create(name="never had credits")
+    project = project_create(lab=penniless, name="p")
+    sim = Job.objects.first().service
+    with time_machine.travel(T0, tick=False):
+        free_hold = reservation_create(project=project, service=sim, quantity=0, params={})
+    Job.objects.filter(pk=free_hold.pk).update(
+        started_at=T0, last_alive_at=T0, usage_params={"instances": 1}
+    )
+    run = charging.longrun_jobs_charge(now=at(300))
+    assert (run.jobs_charged, run.jobs_failed) == (3, 1)
+    free_hold.refresh_from_db()
+    assert free_hold.charged_amount == 0 and free_hold.last_charged_at is None
+    assert system_total() == 3 * D("4.5")
