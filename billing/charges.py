@@ -195,6 +195,9 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
     voided meanwhile). All in one transaction; results in the orders' order."""
     if any(order.amount < 0 for order in orders):
         raise ValueError("a charge cannot be negative; use usage_refund")
+    jobs = [order.job_uuid for order in orders if order.job_uuid]
+    if len(jobs) != len(set(jobs)):
+        raise ValueError("one order per job in a batch: its hold is taken and released once")
     now = timezone.now()
     account = charge_accounts_lock(sorted({order.project_id for order in orders}))
     system = account[(AccountType.SYSTEM, None)]
@@ -297,7 +300,17 @@ def usage_refund(
         .filter(total__gt=0)
     )
     grants = sorted(Grant.objects.in_bulk(charged).values(), key=_burn_key, reverse=True)
-    returnable = [(g, charged[g.pk]) for g in grants if _spendable(g, now)]
+    # A grant that expired or was voided since gets back only what cancels a debt on it in the
+    # project: that brings no dead credit back to life.
+    owed = dict(
+        GrantBalance.objects.filter(account_id=budget, grant__in=grants, balance__lt=0).values_list(
+            "grant_id", "balance"
+        )
+    )
+    returnable = [
+        (g, charged[g.pk] if _spendable(g, now) else min(charged[g.pk], -owed.get(g.pk, ZERO)))
+        for g in grants
+    ]
     legs: list[Leg] = []
     refunded = ZERO
     for grant, part in _take(returnable, amount):

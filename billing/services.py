@@ -529,17 +529,26 @@ def _sweep(
     metadata: dict[str, object] | None = None,
 ) -> Decimal:
     """Return every positive grant remainder of the locked accounts to the system account
-    (only `grant`'s, if given), as one entry. Returns the total."""
+    (only `grant`'s, if given), as one entry. Returns the total.
+
+    Never more than an account's balance: in a project in debt (a negative remainder on one
+    grant, from usage overshoot), the positive remainders of other grants cover that debt, and
+    taking them would put the project back below zero."""
     rows = GrantBalance.objects.filter(account__in=accounts, balance__gt=0)
     if grant is not None:
         rows = rows.filter(grant=grant)
+    left = {account.pk: max(account.balance, Decimal(0)) for account in accounts}
     legs: list[Leg] = []
     total = Decimal(0)
     for account_id, grant_id, balance in rows.order_by("account_id", "grant_id").values_list(
         "account_id", "grant_id", "balance"
     ):
-        legs += [Leg(account_id, grant_id, -balance), Leg(system.pk, grant_id, balance)]
-        total += balance
+        taken = min(balance, left[account_id])
+        if taken <= 0:
+            continue
+        left[account_id] -= taken
+        legs += [Leg(account_id, grant_id, -taken), Leg(system.pk, grant_id, taken)]
+        total += taken
     if legs:
         entry_post(type=type, legs=legs, actor=actor, reason=reason, metadata=metadata)
     return total

@@ -163,12 +163,18 @@ def longrun_close(
 ) -> None:
     """The final charge of a long-running job up to `end` (a refund if it was charged past
     `end`), then release what it still holds. The caller holds the job's row lock and saves."""
-    meter = Meter.of(job, rates or Rates(now))
     last = charged_until(job)
-    due, paid = meter.cost_until(end), meter.cost_until(last)
-    if due < paid:
-        job_refund(job, paid - due, reason=f"{reason}:refund_project", actor=actor)
-    job_charge(job, max(due - paid, ZERO), release_rest=True, reason=reason, actor=actor)
+    if end < last:
+        # Charged past its end: give back what those seconds cost at the discount of the charge
+        # that covered them (the last one), not at today's.
+        meter = Meter.of(job, Rates(last))
+        refund = meter.cost_until(last) - meter.cost_until(end)
+        job_refund(job, refund, reason=f"{reason}:refund_project", actor=actor)
+        increment = ZERO
+    else:
+        meter = Meter.of(job, rates or Rates(now))
+        increment = meter.cost_until(end) - meter.cost_until(last)
+    job_charge(job, increment, release_rest=True, reason=reason, actor=actor)
     job.finished_at = job.last_charged_at = end
     job.closed_at = now
 
@@ -222,7 +228,10 @@ def storage_increment(job: Job, last: datetime, end: datetime, rates: Rates) -> 
 def storage_close(job: Job, *, end: datetime, now: datetime, actor: Actor) -> None:
     """The last charge of a storage interval, up to `end` (a refund if it was charged past
     `end`). The caller holds the job's row lock; this saves it."""
-    increment = storage_increment(job, charged_until(job), end, Rates(end))
+    last = charged_until(job)
+    # A charge at the price valid at its end; charged past the end, a refund at the price of
+    # the charge that covered those seconds.
+    increment = storage_increment(job, last, end, Rates(max(end, last)))
     if increment >= 0:
         job_charge(job, increment, release_rest=False, reason="storage", actor=actor)
     else:

@@ -303,7 +303,8 @@ class UsageRollup(models.Model):
     amount = models.DecimalField(default=0, **MONEY_FIELD)
     charges = models.PositiveIntegerField(default=0)
     jobs_closed = models.PositiveIntegerField(default=0)
-    units = models.PositiveBigIntegerField(default=0)
+    # NUMERIC: a petabyte held for a few hours is more byte-seconds than a bigint holds.
+    units = models.DecimalField(max_digits=40, decimal_places=0, default=0)
 
     class Meta:
         constraints = [

@@ -136,7 +136,7 @@ def usage_rollup(*, now: datetime | None = None) -> int:
         UsageRollup.objects.filter(
             period=RollupPeriod.HOUR,
             period_start__gte=day_start,
-            period_start__lt=end.replace(hour=0) + timedelta(days=1),
+            period_start__lt=end.replace(hour=0) + timedelta(days=1),  # the days rebuilt
         )
         .annotate(day=TruncDay("period_start", tzinfo=UTC))
         .values("day", "project_id", "service_id", "lab_id", "key_ref")
@@ -145,7 +145,10 @@ def usage_rollup(*, now: datetime | None = None) -> int:
             rows=Count("id"),
         )
     )  # fmt: skip
-    UsageRollup.objects.filter(period=RollupPeriod.DAY, period_start__gte=day_start).delete()
+    day_end = end.replace(hour=0) + timedelta(days=1)
+    UsageRollup.objects.filter(
+        period=RollupPeriod.DAY, period_start__gte=day_start, period_start__lt=day_end
+    ).delete()
     daily = UsageRollup.objects.bulk_create(
         UsageRollup(
             period=RollupPeriod.DAY,

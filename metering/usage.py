@@ -205,8 +205,11 @@ def storage_event_record(
             .order_by("-started_at", "-id")
             .first()
         )
-        if not size and latest is not None and latest.finished_at == at:
-            return None  # the same closing event again: the latest interval ended then
+        reopened_at_that_moment = (
+            latest is not None and latest.finished_at is None and latest.started_at == at
+        )
+        if not size and not reopened_at_that_moment and intervals.filter(finished_at=at).exists():
+            return None  # the same closing event again: an interval ended then
         if latest is not None:
             if at < (latest.finished_at or latest.started_at):  # type: ignore[operator]
                 raise StorageOutOfOrderError()

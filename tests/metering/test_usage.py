@@ -357,13 +357,6 @@ GB = 1024**3
 PER_BYTE_SECOND = D("0.000000000000001")  # 1e-15 credits per byte-second
 
 
-@pytest.fixture
-def storage(clock, cast):
-    service = priced_service("storage", ServiceType.STORAGE, [Tier(0, None, D(0), PER_BYTE_SECOND)])
-    billing.budget_grant(project=cast.alpha, amount="400")
-    return service
-
-
 def store(cast, service, size, seconds):
     return usage.storage_event_record(
         project=cast.alpha, service=service, size=size, at=at(seconds)
