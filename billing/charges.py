@@ -187,17 +187,22 @@ def _debt_grant(lab_id: int, budget_id: int, burned: Lots) -> int:
     return grant_id
 
 
-@transaction.atomic
 def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) -> list[ChargeResult]:
     """Charge each order: from its job's hold first, then from its project's budget in burn
     order, then as a debt of the project; with `release_rest`, release what the job still
     holds afterwards (to the project, or to the system account for a grant that expired or was
-    voided meanwhile). All in one transaction; results in the orders' order."""
+    voided meanwhile). All in one transaction; results in the orders' order. Inside a caller's
+    transaction it takes no savepoint: a caller that recovers from a failure makes its own."""
     if any(order.amount < 0 for order in orders):
         raise ValueError("a charge cannot be negative; use usage_refund")
     jobs = [order.job_uuid for order in orders if order.job_uuid]
     if len(jobs) != len(set(jobs)):
         raise ValueError("one order per job in a batch: its hold is taken and released once")
+    with transaction.atomic(savepoint=False):
+        return _charges_post(orders, actor)
+
+
+def _charges_post(orders: Sequence[ChargeOrder], actor: Actor) -> list[ChargeResult]:
     now = timezone.now()
     account = charge_accounts_lock(sorted({order.project_id for order in orders}))
     system = account[(AccountType.SYSTEM, None)]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Lab, Project
@@ -24,11 +24,15 @@ def _valid_at(at: datetime) -> Q:
 def price_current(*, service: Service, lab: Lab | None, at: datetime) -> Price:
     """The lab's own price if one is valid at `at`, else the default price; among several,
     the latest `valid_from`, then the newest. MissingPriceError when there is none."""
-    valid = Price.objects.filter(_valid_at(at), service=service).prefetch_related("tiers")
-    for scope in ([Q(lab=lab)] if lab is not None else []) + [Q(lab__isnull=True)]:
-        price = valid.filter(scope).order_by("-valid_from", "-id").first()
-        if price is not None:
-            return price
+    scope = Q(lab__isnull=True) | (Q(lab=lab) if lab is not None else Q(pk__in=[]))
+    price = (
+        Price.objects.filter(_valid_at(at), scope, service=service)
+        .prefetch_related("tiers")
+        .order_by(F("lab_id").asc(nulls_last=True), "-valid_from", "-id")  # the lab's own first
+        .first()
+    )
+    if price is not None:
+        return price
     lab_part = lab.uuid if lab is not None else None
     raise MissingPriceError(f"Missing price for: {lab_part} {service.type} {service.slug} {at}")
 
