@@ -13,31 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import tempfile
 import threading
 import time
-from pathlib import Path
-
-
-def _setup() -> tuple[object, Path]:
-    from devstack.services import free_port, postgres_start, redis_start
-
-    scratch = Path(tempfile.mkdtemp(prefix="meterbill-bench-"))
-    postgres = postgres_start(scratch / "pg", database="bench", cleanup_mode="delete")
-    redis = redis_start(scratch / "redis", port=free_port(), persist=False)
-    os.environ.update(
-        DATABASE_URL=postgres.url,
-        REDIS_URL=redis.url,
-        DJANGO_SETTINGS_MODULE="config.settings.test",
-    )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return (postgres, redis), scratch
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -49,13 +26,10 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=2000, help="operations per measurement")
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    servers, scratch = _setup()
-    try:
+    from bench.embedded import embedded_django
+
+    with embedded_django():
         run(args.ops, args.threads)
-    finally:
-        for server in reversed(servers):  # type: ignore[attr-defined]
-            server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(ops: int, threads: int) -> None:
