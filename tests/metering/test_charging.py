@@ -182,3 +182,29 @@ def test_a_job_that_cannot_be_charged_is_skipped_and_the_others_are_charged(cast
     free_hold.refresh_from_db()
     assert free_hold.charged_amount == 0 and free_hold.last_charged_at is None
     assert system_total() == 3 * D("4.5")
+
+
+@pytest.mark.django_db
+def test_overshoot_of_a_long_running_job_is_at_most_one_charging_period(cast, clock, settings):
+    """The overshoot contract: a running job's project trails its usage by at most one
+    period of cost, and once below zero it gets 402 on new reservations."""
+    settings.LONGRUN_MIN_CHARGE_INTERVAL_SECONDS = 60
+    from billing.errors import InsufficientFundsError
+    from metering.cost import usage_cost
+
+    sim = priced_service("single-cell-sim", ServiceType.LONGRUN, SIM_TIERS)
+    billing.budget_grant(project=cast.alpha, amount="10")  # 850 s of one instance
+    job = reservation_create(project=cast.alpha, service=sim, quantity=600, params={})
+    Job.objects.filter(pk=job.pk).update(started_at=T0, usage_params={"instances": 1})
+    for minute in range(1, 31):
+        Job.objects.filter(pk=job.pk).update(last_alive_at=at(60 * minute))  # heartbeats
+        charging.longrun_jobs_charge(now=at(60 * minute))
+        used = usage_cost(SIM_TIERS, 0, 60 * minute, D(0))
+        state = project_balances([cast.alpha])[0]
+        # Charged exactly what it used up to the run: the lag is the period since.
+        assert state.balance + state.reserved == D("10") - used
+        gap = usage_cost(SIM_TIERS, 0, 60 * minute + 60, D(0)) - used
+        assert gap == D("0.6")  # the most it can owe beyond this before the next run
+    assert project_balances([cast.alpha])[0].balance == D("10") - D("19.5")  # in debt
+    with pytest.raises(InsufficientFundsError):
+        reservation_create(project=cast.alpha, service=sim, quantity=1, params={})
