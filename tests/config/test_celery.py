@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +6,7 @@ from django.core.cache import cache
 
 from config.celery import app
 from core.tasks import HEARTBEAT_CACHE_KEY, worker_heartbeat
+from tests.celery_worker import celery_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,16 +23,8 @@ def test_celery_speaks_json_only_with_time_limits():
 
 @pytest.fixture
 def celery_worker_process():
-    """A real worker process on the suite's Redis broker, not eager mode."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
-    command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker",
-        "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "WARNING",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    yield process
-    process.terminate()
-    process.wait(timeout=30)
+    with celery_worker() as process:
+        yield process
 
 
 def test_a_real_worker_runs_a_task_end_to_end(celery_worker_process):

@@ -2,8 +2,6 @@
 test database."""
 
 import os
-import subprocess
-import sys
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +16,7 @@ from config.celery import app
 from metering import tasks
 from metering.models import Job, ServiceType
 from metering.reservations import reservation_create
+from tests.celery_worker import celery_worker
 from tests.metering.test_reservations import priced_service
 from tests.metering.test_usage import SIM_TIERS
 
@@ -37,21 +36,10 @@ def test_every_periodic_job_is_on_the_schedule():
 
 @pytest.fixture
 def worker_on_the_test_database():
-    """A real worker process (not eager mode) whose Django uses this test's database."""
+    """A real worker process whose Django uses this test's database."""
     url = urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{connection.settings_dict['NAME']}")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": url.geturl(),
-    }
-    command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker",
-        "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "WARNING",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    yield process
-    process.terminate()
-    process.wait(timeout=30)
+    with celery_worker(DATABASE_URL=url.geturl()) as process:
+        yield process
 
 
 @pytest.mark.django_db(transaction=True)
