@@ -29,6 +29,20 @@ def post(client, path, body):
     return client.post(f"/api/accounting/{path}", body, format="json")
 
 
+def longrun(cast):
+    # What the SDK sends for a longrun reservation (numbers as JSON numbers here).
+    return {
+        "type": "longrun",
+        "subtype": "single-cell-sim",
+        "proj_id": str(cast.alpha.uuid),
+        "user_id": USER,
+        "name": None,
+        "duration": 5,
+        "instances": 2,
+        "instance_type": "FARGATE",
+    }
+
+
 def oneshot(cast, count="1000000"):
     # Exactly what obp-accounting-sdk 0.6.x sends: the count as a string.
     return {
@@ -71,16 +85,7 @@ def test_insufficient_funds_is_402_with_the_requested_amount(gateway, funded):
 
 
 def test_longrun_reservation(gateway, funded):
-    body = {
-        "type": "longrun",
-        "subtype": "single-cell-sim",
-        "proj_id": str(funded.alpha.uuid),
-        "user_id": USER,
-        "name": None,
-        "duration": 5,
-        "instances": 2,
-        "instance_type": "FARGATE",
-    }
+    body = longrun(funded)
     response = post(gateway, "reservation/longrun", body)
     assert response.status_code == 201
     job_id = response.json()["data"]["job_id"]

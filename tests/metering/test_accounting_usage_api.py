@@ -12,7 +12,7 @@ from billing.models import JournalEntry
 from billing.selectors import project_balances
 from metering.cost import Tier
 from metering.models import Job
-from tests.metering.test_accounting_reservations_api import USER, oneshot, post
+from tests.metering.test_accounting_reservations_api import longrun, oneshot, post
 from tests.metering.test_reservations import priced_service
 
 D = Decimal
@@ -89,16 +89,7 @@ def test_oneshot_usage_is_charged_when_posted(gateway, funded):
 
 
 def test_longrun_events_start_beat_and_finish(gateway, funded):
-    body = {
-        "type": "longrun",
-        "subtype": "single-cell-sim",
-        "proj_id": str(funded.alpha.uuid),
-        "user_id": USER,
-        "name": None,
-        "duration": 5,
-        "instances": 2,
-        "instance_type": "FARGATE",
-    }
+    body = longrun(funded)
     job_id = post(gateway, "reservation/longrun", body).json()["data"]["job_id"]
     start = int(time.time()) - 100
     for status, moment in (("started", start), ("running", start + 30), ("finished", start + 100)):
