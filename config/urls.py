@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("api/v1/", include("accounts.api_urls")),
     path("api/v1/", include("metering.v1_urls")),
+    path("api/v1/", include("keys.v1_urls")),
     path("api/accounting/", include("billing.api_urls")),
     path("api/accounting/", include("metering.api_urls")),
 ]

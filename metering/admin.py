@@ -25,6 +25,18 @@ class ServiceAdmin(admin.ModelAdmin):
     list_display = ["slug", "type", "name", "unit_label", "current_price", "is_active", "is_legacy"]
     list_filter = ["type", "is_active", "is_legacy"]
     search_fields = ["slug", "name"]
+    fieldsets = [
+        (None, {"fields": ["slug", "type", "name", "unit_label", "display_scale"]}),
+        ("State", {"fields": ["is_active", "is_legacy"]}),
+        (
+            "API key limits",
+            {
+                "fields": ["key_requests_per_minute", "key_units_per_minute"],
+                "description": "Every API key gets these per-minute limits for this service; "
+                "a key may set tighter ones, never looser.",
+            },
+        ),
+    ]
 
     @admin.display(description="Current default price")
     def current_price(self, service: Service) -> str:

@@ -35,6 +35,13 @@ class Service(TimeStampedModel):
     is_legacy = models.BooleanField(
         default=False, help_text="Refused for new prices, estimates and reservations."
     )
+    # Operator defaults for end-user API keys (keys app): a key may set tighter, never looser.
+    key_requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Default and most an API key may make; empty: no limit."
+    )
+    key_units_per_minute = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Default and most units an API key may use a minute."
+    )
 
     class Meta:
         ordering = ["slug", "type"]

@@ -49,12 +49,47 @@ def reservation_create(
         raise InsufficientFundsError(
             "Reservation not allowed because of insufficient funds", requested_amount=amount
         )
-    job = Job.objects.create(
-        lab=project.lab,
+    return reservation_open(
         project=project,
-        service=service,
+        service_id=service.pk,
         kind=service.type,
-        price=price,
+        price_id=price.pk,
+        amount=amount,
+        params=params,
+        user_uuid=user_uuid,
+        group_uuid=group_uuid,
+        name=name,
+        actor=actor,
+        at=now,
+    )
+
+
+@transaction.atomic
+def reservation_open(
+    *,
+    project: Project,
+    service_id: int,
+    kind: str,
+    price_id: int,
+    amount: Decimal,
+    params: dict[str, Any],
+    job_uuid: uuid_lib.UUID | None = None,
+    user_uuid: uuid_lib.UUID | None = None,
+    group_uuid: uuid_lib.UUID | None = None,
+    name: str = "",
+    actor: User | ServiceToken | None = None,
+    at: datetime | None = None,
+) -> Job:
+    """The job of an already priced reservation and its hold of `amount` (402 with nothing
+    written when the project cannot cover it). For callers that priced the work themselves."""
+    now = at or timezone.now()
+    job = Job.objects.create(
+        uuid=job_uuid or uuid_lib.uuid4(),
+        lab_id=project.lab_id,
+        project=project,
+        service_id=service_id,
+        kind=kind,
+        price_id=price_id,
         user_uuid=user_uuid,
         group_uuid=group_uuid,
         name=name,

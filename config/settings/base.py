@@ -197,6 +197,13 @@ MIN_CHARGE_AMOUNT = Decimal(env.str("MIN_CHARGE_AMOUNT", default="0.000001"))
 USAGE_MAX_PAST_SECONDS = env.int("USAGE_MAX_PAST_SECONDS", default=35 * 86400)
 USAGE_MAX_FUTURE_SECONDS = env.int("USAGE_MAX_FUTURE_SECONDS", default=300)
 
+# End-user API keys (keys app). After a rotation the old secret works this much longer.
+API_KEY_ROTATION_GRACE_SECONDS = env.int("API_KEY_ROTATION_GRACE_SECONDS", default=86400)
+# Redis down: authorize answers 503 (fail closed). True lets the per-minute limits be skipped
+# instead; the credit checks (PostgreSQL) never are.
+RATE_LIMITS_FAIL_OPEN = env.bool("RATE_LIMITS_FAIL_OPEN", default=False)
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", default=0.5)
+
 # Stripe (used from the billing app only). Empty keys select the offline test-mode checkout.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")

@@ -1,0 +1,207 @@
+"""`POST /api/v1/authorize` and `POST /api/v1/usage`: the gateway's two calls around a request.
+
+Authorize answers every outcome in one shape (`allowed`, `code`, `message`, `job_id`,
+`project`, `limits`), also when the service token itself is refused, so a gateway reads one
+body whatever happens. Usage answers like the rest of /api/v1 (errors as `error_code`)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import ServiceTokenAuthentication
+from accounts.models import Scope, ServiceToken
+from accounts.permissions import token_scope_required
+from core.accounting import StrictSerializer
+from keys import ratelimit
+from keys.authorize import UNITS_MAX, Code, Decision, authorize
+from keys.caps import key_job_for, key_job_settle
+from keys.models import ALL_SERVICES, KeyJob
+from metering import usage
+from metering.errors import JobNotFoundError
+
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
+AUTHORIZE_FIELDS = {"key", "service", "units"}
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _units(value: Any, *, default: int | None) -> int:
+    """A whole number of units, 0 to UNITS_MAX; digit strings are accepted, bools are not."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UNITS_MAX:
+        raise BadRequest(f"units must be a whole number from 0 to {UNITS_MAX}.")
+    return value
+
+
+def _authorize_input(data: Any) -> tuple[str, str, int]:
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.")
+    unknown = sorted(set(data) - AUTHORIZE_FIELDS)
+    if unknown:
+        raise BadRequest(f"Unknown field(s): {', '.join(unknown)}.")
+    key, service = data.get("key"), data.get("service")
+    if not isinstance(key, str) or not key:
+        raise BadRequest("key is required: the end user's API key, a string.")
+    if not isinstance(service, str) or not SLUG.fullmatch(service):
+        raise BadRequest("service is required: a service's slug.")
+    return key, service, _units(data.get("units"), default=1)
+
+
+class AuthorizeIn(serializers.Serializer):  # the OpenAPI description only
+    key = serializers.CharField(help_text="The end user's API key, sk_...")
+    service = serializers.CharField(help_text="The service's slug, e.g. ml-llm.")
+    units = serializers.IntegerField(min_value=0, default=1, help_text="Estimated units.")
+
+
+class LimitOut(serializers.Serializer):
+    limit = serializers.IntegerField(allow_null=True)
+    remaining = serializers.IntegerField(allow_null=True)
+    reset = serializers.IntegerField(allow_null=True, help_text="Seconds until one more fits.")
+
+
+class CreditLimitOut(serializers.Serializer):
+    limit = serializers.DecimalField(max_digits=24, decimal_places=6, allow_null=True)
+    remaining = serializers.DecimalField(max_digits=24, decimal_places=6, allow_null=True)
+
+
+class LimitsOut(serializers.Serializer):
+    requests = LimitOut()
+    units = LimitOut()
+    credits = CreditLimitOut()
+
+
+class DecisionOut(serializers.Serializer):
+    allowed = serializers.BooleanField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+    job_id = serializers.UUIDField(allow_null=True)
+    project = serializers.UUIDField(allow_null=True)
+    limits = LimitsOut()
+
+
+_DECISION_RESPONSES = {
+    status: OpenApiResponse(DecisionOut, description=text)
+    for status, text in [
+        (200, "allowed: a reservation holds the estimated cost; job_id names it"),
+        (400, "bad_request"),
+        (401, "key_invalid, key_revoked, key_expired (or the service token is refused)"),
+        (402, "key_credit_limit or insufficient_funds"),
+        (403, "service_unknown, service_not_allowed, service_not_priced"),
+        (429, "rate_limited or units_limited, with Retry-After"),
+        (503, "rate_limiter_unavailable (Redis down, fail closed)"),
+    ]
+}
+
+
+def _decision_response(decision: Decision) -> Response:
+    return Response(decision.body(), status=decision.status, headers=decision.headers())
+
+
+class AuthorizeView(APIView):
+    authentication_classes = [ServiceTokenAuthentication]
+    permission_classes = [token_scope_required(Scope.AUTHORIZE)]
+    parser_classes = [JSONParser]
+
+    def handle_exception(self, exc: Exception) -> Response:
+        """The token refused, a body that is not JSON: still the decision shape."""
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            status, code = 401, "service_token_invalid"
+        elif isinstance(exc, exceptions.PermissionDenied):
+            status, code = 403, "service_token_forbidden"
+        elif isinstance(exc, exceptions.APIException) and exc.status_code < 500:
+            status, code = exc.status_code, Code.BAD_REQUEST
+        else:
+            return super().handle_exception(exc)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        response = _decision_response(Decision(status=status, code=code, message=str(message)))
+        if status == 401:
+            response["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @extend_schema(request=AuthorizeIn, responses=_DECISION_RESPONSES, tags=["keys"])
+    def post(self, request: Request) -> Response:
+        try:
+            key, service, units = _authorize_input(request.data)
+        except BadRequest as exc:
+            return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=str(exc)))
+        token: ServiceToken = request.auth
+        return _decision_response(authorize(token=token, raw_key=key, slug=service, units=units))
+
+
+class AuthorizedUsageIn(StrictSerializer):
+    job_id = serializers.UUIDField()
+    units = serializers.IntegerField(min_value=0, max_value=UNITS_MAX)
+
+
+class AuthorizedUsageOut(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    units = serializers.IntegerField()
+    charged = serializers.DecimalField(max_digits=24, decimal_places=6)
+    reserved = serializers.DecimalField(max_digits=24, decimal_places=6)
+
+
+class AuthorizedUsageView(APIView):
+    """Settle an authorized job with its actual units, like oneshot usage: the hold first,
+    the project for any excess, the rest released; the key's cap and its units/min window
+    take the actual figures. The same units again answer the same; other units are 409."""
+
+    authentication_classes = [ServiceTokenAuthentication]
+    permission_classes = [token_scope_required(Scope.USAGE)]
+
+    @extend_schema(request=AuthorizedUsageIn, responses={200: AuthorizedUsageOut}, tags=["keys"])
+    def post(self, request: Request) -> Response:
+        serializer = AuthorizedUsageIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        token: ServiceToken = request.auth
+        key_job = key_job_for(data["job_id"])
+        if key_job is None or (token.lab_id is not None and key_job.job.lab_id != token.lab_id):
+            raise JobNotFoundError()
+        with transaction.atomic():
+            job = usage.oneshot_usage_record(
+                job_uuid=key_job.job.uuid,
+                project=key_job.job.project,
+                subtype=key_job.service_slug,
+                count=data["units"],
+                at=timezone.now(),
+                actor=token,
+            )
+            key_job = key_job_settle(
+                key_job=key_job, units=data["units"], charged=job.charged_amount
+            )
+            transaction.on_commit(lambda: _window_correct(key_job, data["units"]))
+        return Response(
+            {
+                "job_id": str(job.uuid),
+                "units": data["units"],
+                "charged": str(job.charged_amount),
+                "reserved": str(job.reserved_amount),
+            }
+        )
+
+
+def _window_correct(key_job: KeyJob, units: int) -> None:
+    # Redis down: the estimate stays counted until it leaves the window, within a minute.
+    with contextlib.suppress(ratelimit.RateLimiterUnavailable):
+        ratelimit.units_correct(
+            key_id=key_job.key_id,
+            scopes=[ALL_SERVICES, key_job.service_slug],
+            member=str(key_job.job.uuid),
+            units=units,
+        )

@@ -1,0 +1,389 @@
+"""The authorize decision: one call a gateway makes before every request it serves.
+
+In this order: the key exists, is not revoked, not expired; the service exists and the key may
+use it; requests/min and units/min (Redis, every process); the key's credit cap; the project's
+credits. If all pass, a reservation holds the estimated cost and its job id is returned.
+
+The key, its project, the service, the key's limits, the current price and the lab's discount
+come from one prepared statement: nothing is cached in process, so a revocation or a new price
+applies to the very next call. The cap and the hold are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid as uuid_lib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Project, ServiceToken
+from billing.errors import InsufficientFundsError
+from core.db import execute_prepared
+from core.money import MAX_CREDITS, credits_quantize
+from core.secrets import secret_hash
+from keys import ratelimit
+from keys.caps import CapExceededError, cap_hold, cap_period_start, cap_remaining
+from keys.models import ALL_SERVICES
+from metering.cost import Tier, usage_cost
+from metering.models import ServiceType
+from metering.reservations import reservation_open
+
+logger = logging.getLogger(__name__)
+
+KEY_SHAPE = re.compile(r"sk_([a-z0-9]{1,32})_([A-Za-z0-9_\-]{1,200})")
+UNITS_MAX = 10**15
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class Code:
+    ALLOWED = "allowed"
+    BAD_REQUEST = "bad_request"
+    KEY_INVALID = "key_invalid"
+    KEY_REVOKED = "key_revoked"
+    KEY_EXPIRED = "key_expired"
+    SERVICE_UNKNOWN = "service_unknown"
+    SERVICE_NOT_ALLOWED = "service_not_allowed"
+    SERVICE_NOT_PRICED = "service_not_priced"
+    RATE_LIMITED = "rate_limited"
+    UNITS_LIMITED = "units_limited"
+    KEY_CREDIT_LIMIT = "key_credit_limit"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNAVAILABLE = "rate_limiter_unavailable"
+
+
+@dataclass
+class Decision:
+    status: int
+    code: str
+    message: str
+    job_id: uuid_lib.UUID | None = None
+    project: uuid_lib.UUID | None = None
+    requests: dict[str, int | None] = field(
+        default_factory=lambda: {"limit": None, "remaining": None, "reset": None}
+    )
+    units: dict[str, int | None] = field(
+        default_factory=lambda: {"limit": None, "remaining": None, "reset": None}
+    )
+    credits: dict[str, str | None] = field(
+        default_factory=lambda: {"limit": None, "remaining": None}
+    )
+    retry_after: int | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.code == Code.ALLOWED
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "code": self.code,
+            "message": self.message,
+            "job_id": str(self.job_id) if self.job_id else None,
+            "project": str(self.project) if self.project else None,
+            "limits": {"requests": self.requests, "units": self.units, "credits": self.credits},
+        }
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.requests["limit"] is not None:
+            headers["X-RateLimit-Limit"] = str(self.requests["limit"])
+            headers["X-RateLimit-Remaining"] = str(self.requests["remaining"])
+            headers["X-RateLimit-Reset"] = str(self.requests["reset"])
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+_KEY_ROW = """
+SELECT k.id, k.secret_hash, k.previous_secret_hash, k.previous_valid_until, k.revoked_at,
+       k.expires_at, k.services, k.credit_limit, k.credit_limit_period, k.last_used_at,
+       p.id, p.uuid, p.lab_id,
+       s.id, s.key_requests_per_minute, s.key_units_per_minute,
+       (SELECT json_agg(json_build_array(l.service_slug, l.requests_per_minute,
+                                         l.units_per_minute))
+          FROM keys_keylimit l
+         WHERE l.key_id = k.id AND l.service_slug IN ('*', %(slug)s)),
+       price.id,
+       (SELECT json_agg(json_build_array(t.min_quantity, t.max_quantity, t.fixed_cost::text,
+                                         t.multiplier::text) ORDER BY t.min_quantity)
+          FROM metering_pricetier t WHERE t.price_id = price.id),
+       (SELECT d.discount FROM metering_discount d
+         WHERE d.lab_id = p.lab_id AND d.valid_from <= %(now)s
+           AND (d.valid_to IS NULL OR d.valid_to > %(now)s)
+         ORDER BY d.valid_from DESC, d.id DESC LIMIT 1)
+  FROM keys_apikey k
+  JOIN accounts_project p ON p.id = k.project_id
+  LEFT JOIN metering_service s
+    ON s.slug = %(slug)s AND s.type = 'oneshot' AND s.is_active AND NOT s.is_legacy
+  LEFT JOIN LATERAL (
+        SELECT pr.id FROM metering_price pr
+         WHERE pr.service_id = s.id AND (pr.lab_id IS NULL OR pr.lab_id = p.lab_id)
+           AND pr.valid_from <= %(now)s AND (pr.valid_to IS NULL OR pr.valid_to > %(now)s)
+         ORDER BY pr.lab_id NULLS LAST, pr.valid_from DESC, pr.id DESC LIMIT 1
+  ) price ON true
+ WHERE k.lookup_id = %(lookup)s
+"""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    id: int
+    secret_hash: str
+    previous_secret_hash: str
+    previous_valid_until: datetime | None
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    services: list[str] | None
+    credit_limit: Decimal | None
+    credit_limit_period: str
+    last_used_at: datetime | None
+    project_id: int
+    project_uuid: uuid_lib.UUID
+    lab_id: int
+    service_id: int | None
+    default_requests: int | None
+    default_units: int | None
+    key_limits: list[list[Any]] | None
+    price_id: int | None
+    tiers: list[list[Any]] | None
+    discount: Decimal | None
+
+
+def key_row(lookup_id: str, slug: str, now: datetime) -> KeyRow | None:
+    rows = execute_prepared(_KEY_ROW, {"lookup": lookup_id, "slug": slug, "now": now})
+    return KeyRow(*rows[0]) if rows else None
+
+
+def secret_valid(row: KeyRow, secret: str, now: datetime) -> bool:
+    """Constant-time comparison with the current secret's HMAC, or with the previous one's
+    during its grace period after a rotation."""
+    presented = secret_hash(secret)
+    current = secret_matches_hash(presented, row.secret_hash)
+    previous = bool(row.previous_secret_hash) and secret_matches_hash(
+        presented, row.previous_secret_hash
+    )
+    in_grace = row.previous_valid_until is not None and row.previous_valid_until > now
+    return current or (previous and in_grace)
+
+
+def secret_matches_hash(presented_hash: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(presented_hash, stored_hash)
+
+
+def limits_in_force(row: KeyRow, slug: str) -> list[ratelimit.ScopeLimit]:
+    """The key-wide limits, and the service's: the key's own where tighter than the
+    operator's default, the default otherwise (a default lowered later wins too)."""
+    own = {scope: (rpm, upm) for scope, rpm, upm in row.key_limits or []}
+    key_rpm, key_upm = own.get(ALL_SERVICES, (None, None))
+    svc_rpm, svc_upm = own.get(slug, (None, None))
+    limits = []
+    if key_rpm is not None or key_upm is not None:
+        limits.append(ratelimit.ScopeLimit(ALL_SERVICES, key_rpm, key_upm))
+    service_limit = ratelimit.ScopeLimit(
+        slug, _tighter(svc_rpm, row.default_requests), _tighter(svc_upm, row.default_units)
+    )
+    if service_limit.requests_per_minute is not None or service_limit.units_per_minute is not None:
+        limits.append(service_limit)
+    return limits
+
+
+def _tighter(own: int | None, default: int | None) -> int | None:
+    if own is None or default is None:
+        return own if default is None else default
+    return min(own, default)
+
+
+def _refusal(status: int, code: str, message: str, **kwargs: Any) -> Decision:
+    return Decision(status=status, code=code, message=message, **kwargs)
+
+
+def _tiers(row: KeyRow) -> list[Tier]:
+    return [
+        Tier(int(lo), int(hi) if hi is not None else None, Decimal(fixed), Decimal(mult))
+        for lo, hi, fixed, mult in row.tiers or []
+    ]
+
+
+def _apply_usage(decision: Decision, result: ratelimit.HitResult) -> None:
+    """The headline figures: the scope with the fewest requests (units) left."""
+    with_requests = [s for s in result.scopes if s.limit.requests_per_minute is not None]
+    if with_requests:
+        tightest = min(with_requests, key=lambda s: s.requests_remaining or 0)
+        decision.requests = {
+            "limit": tightest.limit.requests_per_minute,
+            "remaining": tightest.requests_remaining,
+            "reset": ratelimit.seconds_ceil(tightest.reset_ms),
+        }
+    with_units = [s for s in result.scopes if s.limit.units_per_minute is not None]
+    if with_units:
+        tightest = min(with_units, key=lambda s: s.units_remaining or 0)
+        decision.units = {
+            "limit": tightest.limit.units_per_minute,
+            "remaining": tightest.units_remaining,
+            "reset": ratelimit.seconds_ceil(tightest.reset_ms),
+        }
+
+
+def parse_key(raw: object) -> tuple[str, str] | None:
+    if not isinstance(raw, str):
+        return None
+    match = KEY_SHAPE.fullmatch(raw)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def authorize(*, token: ServiceToken, raw_key: str, slug: str, units: int) -> Decision:
+    now = timezone.now()
+    parsed = parse_key(raw_key)
+    row = key_row(parsed[0], slug, now) if parsed else None
+    if row is None or not secret_valid(row, parsed[1], now):  # type: ignore[index]
+        return _refusal(401, Code.KEY_INVALID, "Unknown API key.")
+    if token.lab_id is not None and token.lab_id != row.lab_id:
+        return _refusal(401, Code.KEY_INVALID, "Unknown API key.")  # not this token's to see
+    if row.revoked_at is not None:
+        return _refusal(401, Code.KEY_REVOKED, "This API key was revoked.")
+    if row.expires_at is not None and row.expires_at <= now:
+        return _refusal(401, Code.KEY_EXPIRED, "This API key has expired.")
+    project = row.project_uuid
+    if row.service_id is None:
+        return _refusal(403, Code.SERVICE_UNKNOWN, f"No service '{slug}'.", project=project)
+    if row.services is not None and slug not in row.services:
+        return _refusal(
+            403, Code.SERVICE_NOT_ALLOWED, f"This key may not use '{slug}'.", project=project
+        )
+    if row.price_id is None:
+        return _refusal(
+            403, Code.SERVICE_NOT_PRICED, f"'{slug}' has no price at the moment.", project=project
+        )
+    _last_used_touch(row, now)
+    discount = row.discount or Decimal(0)
+    cost = credits_quantize(usage_cost(_tiers(row), 0, units, discount))
+    decision = Decision(status=200, code=Code.ALLOWED, message="Allowed.", project=project)
+    if row.credit_limit is not None:
+        decision.credits = {"limit": str(row.credit_limit), "remaining": None}
+
+    limits = limits_in_force(row, slug)
+    job_uuid = uuid_lib.uuid4()
+    counted = False
+    if limits:
+        try:
+            result = ratelimit.hit(key_id=row.id, limits=limits, member=str(job_uuid), units=units)
+        except ratelimit.RateLimiterUnavailable:
+            logger.warning("rate limiter unavailable for key %s", row.id)
+            if not settings.RATE_LIMITS_FAIL_OPEN:
+                decision.status, decision.code = 503, Code.UNAVAILABLE
+                decision.message = "Rate limits cannot be checked right now; retry shortly."
+                decision.retry_after = 1
+                return decision
+        else:
+            _apply_usage(decision, result)
+            if not result.allowed:
+                decision.status = 429
+                decision.retry_after = max(ratelimit.seconds_ceil(result.retry_after_ms), 1)
+                if result.refused == "requests":
+                    decision.code = Code.RATE_LIMITED
+                    decision.message = f"Too many requests for '{result.refused_scope}'."
+                else:
+                    decision.code = Code.UNITS_LIMITED
+                    decision.message = (
+                        f"{units} units is more than the per-minute limit of this key."
+                        if result.refused == "units_above_limit"
+                        else f"Too many units a minute for '{result.refused_scope}'."
+                    )
+                return decision
+            counted = True
+
+    refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now)
+    if refusal is not None:
+        if counted:
+            _undo(row.id, limits, job_uuid)
+        return refusal
+    decision.job_id = job_uuid
+    return decision
+
+
+def _reserve(
+    row: KeyRow,
+    slug: str,
+    units: int,
+    cost: Decimal,
+    job_uuid: uuid_lib.UUID,
+    token: ServiceToken,
+    decision: Decision,
+    now: datetime,
+) -> Decision | None:
+    """Cap, hold and job in one transaction. Returns the refusal, or None when all is held."""
+    period = cap_period_start(row.credit_limit_period, now)
+    project = Project(pk=row.project_id, lab_id=row.lab_id)
+    try:
+        with transaction.atomic():
+            if cost >= MAX_CREDITS:
+                raise InsufficientFundsError(requested_amount=cost)
+            job = reservation_open(
+                project=project,
+                service_id=row.service_id,  # type: ignore[arg-type]
+                kind=ServiceType.ONESHOT,
+                price_id=row.price_id,  # type: ignore[arg-type]
+                amount=cost,
+                params={"count": units},
+                job_uuid=job_uuid,
+                actor=token,
+                at=now,
+            )
+            remaining = cap_hold(
+                key_id=row.id,
+                job_id=job.pk,
+                slug=slug,
+                units=units,
+                amount=cost,
+                period=period,
+                limited=row.credit_limit is not None,
+                now=now,
+            )
+    except CapExceededError:
+        return _cap_refusal(decision, row, period)
+    except InsufficientFundsError:
+        if row.credit_limit is not None and cap_remaining(row.id, period) < cost:
+            return _cap_refusal(decision, row, period)
+        decision.status, decision.code = 402, Code.INSUFFICIENT_FUNDS
+        decision.message = f"The project's credits do not cover the estimated {cost}."
+        return decision
+    if remaining is not None:
+        decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
+    return None
+
+
+def _cap_refusal(decision: Decision, row: KeyRow, period: datetime | None) -> Decision:
+    decision.status, decision.code = 402, Code.KEY_CREDIT_LIMIT
+    decision.message = "This key's credit limit does not cover the estimated cost."
+    decision.credits = {
+        "limit": str(row.credit_limit),
+        "remaining": str(max(cap_remaining(row.id, period), Decimal(0))),
+    }
+    return decision
+
+
+def _undo(key_id: int, limits: list[ratelimit.ScopeLimit], job_uuid: uuid_lib.UUID) -> None:
+    try:
+        ratelimit.hit_undo(
+            key_id=key_id, scopes=[limit.scope for limit in limits], member=str(job_uuid)
+        )
+    except ratelimit.RateLimiterUnavailable:
+        logger.warning("could not take back a refused request of key %s", key_id)
+
+
+def _last_used_touch(row: KeyRow, now: datetime) -> None:
+    """At most one write a minute per key; concurrent requests write it once."""
+    if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
+        execute_prepared(
+            "UPDATE keys_apikey SET last_used_at = %(now)s WHERE id = %(id)s"
+            " AND (last_used_at IS NULL OR last_used_at < %(stale)s)",
+            {"now": now, "id": row.id, "stale": now - LAST_USED_RESOLUTION},
+        )

@@ -1,0 +1,158 @@
+"""A key's credit cap: what it spent (charges, and holds of open authorizations) in the current
+period, changed only by conditional updates on the key's row, so that concurrent authorizations
+of one key can never pass the cap together. A charge counts in the period it settles in, a hold
+in the period it was made; a new period starts from zero."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.db import execute_prepared
+from keys.models import CreditPeriod, KeyJob
+
+
+class CapExceededError(Exception):
+    """The key's cap does not cover the amount (raised inside the transaction to undo it)."""
+
+
+def cap_period_start(period: str, now: datetime) -> datetime | None:
+    """The start of the cap period holding `now` (UTC; weeks start on Monday); None: a cap
+    that never resets."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == CreditPeriod.DAILY:
+        return day
+    if period == CreditPeriod.WEEKLY:
+        return day - timedelta(days=day.weekday())
+    if period == CreditPeriod.MONTHLY:
+        return day.replace(day=1)
+    return None
+
+
+# In each statement, the CASE is credit_used as of %(period)s: what the row holds if it is that
+# period's, else nothing yet.
+_HOLD = """
+UPDATE keys_apikey
+   SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+                          THEN credit_used ELSE 0 END + %(amount)s,
+       credit_period_start = %(period)s
+ WHERE id = %(id)s
+   AND CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+            THEN credit_used ELSE 0 END + %(amount)s <= credit_limit
+RETURNING credit_limit - credit_used
+"""
+
+_REMAINING = """
+SELECT credit_limit - CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+                           THEN credit_used ELSE 0 END
+  FROM keys_apikey WHERE id = %(id)s
+"""
+
+_ADJUST = """
+UPDATE keys_apikey
+   SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+                          THEN credit_used ELSE 0 END + %(delta)s,
+       credit_period_start = %(period)s
+ WHERE id = %(id)s AND credit_limit IS NOT NULL
+"""
+
+
+def cap_hold(
+    *,
+    key_id: int,
+    job_id: int,
+    slug: str,
+    units: int,
+    amount: Decimal,
+    period: datetime | None,
+    limited: bool,
+    now: datetime,
+) -> Decimal | None:
+    """Count `amount` against the key's cap and record the job as the key's. Returns what the
+    cap has left (None without a cap); CapExceededError when it does not cover the amount."""
+    remaining = None
+    if limited:
+        rows = execute_prepared(_HOLD, {"id": key_id, "amount": amount, "period": period})
+        if not rows:
+            raise CapExceededError()
+        remaining = rows[0][0]
+    KeyJob.objects.create(
+        job_id=job_id,
+        key_id=key_id,
+        service_slug=slug,
+        estimated_units=units,
+        cap_held=amount if limited else Decimal(0),
+        cap_period_start=period,
+        created_at=now,
+    )
+    return remaining
+
+
+def cap_remaining(key_id: int, period: datetime | None) -> Decimal:
+    rows = execute_prepared(
+        _REMAINING,
+        {"id": key_id, "period": period},
+    )
+    return rows[0][0] if rows and rows[0][0] is not None else Decimal(0)
+
+
+def _cap_adjust(key_job: KeyJob, charged: Decimal, now: datetime, period_kind: str) -> None:
+    """Replace the job's hold by what it was charged: in the hold's period if that is still the
+    current one, else the charge alone counts in the current period."""
+    period = cap_period_start(period_kind, now)
+    same_period = period == key_job.cap_period_start
+    execute_prepared(
+        _ADJUST,
+        {
+            "id": key_job.key_id,
+            "period": period,
+            "delta": charged - key_job.cap_held if same_period else charged,
+        },
+    )
+
+
+@transaction.atomic
+def key_job_settle(*, key_job: KeyJob, units: int, charged: Decimal) -> KeyJob:
+    """Record the job's actual units and charge, and move the key's cap from the hold to the
+    charge. A settled job is left as it is (the caller checked the replay)."""
+    key_job = KeyJob.objects.select_for_update().select_related("key").get(pk=key_job.pk)
+    if key_job.settled_at is not None:
+        return key_job
+    now = timezone.now()
+    _cap_adjust(key_job, charged, now, key_job.key.credit_limit_period)
+    key_job.units, key_job.charged, key_job.settled_at = units, charged, now
+    key_job.save(update_fields=["units", "charged", "settled_at"])
+    return key_job
+
+
+def key_jobs_release(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Give back the cap holds of authorized jobs that were cancelled or expired unused (their
+    credits went back to the project with the reservation). Safe to run twice."""
+    now = now or timezone.now()
+    released = 0
+    with transaction.atomic():
+        key_jobs = list(
+            KeyJob.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("key")
+            .filter(
+                settled_at__isnull=True,
+                released_at__isnull=True,
+                job__cancelled_at__isnull=False,
+            )
+            .order_by("created_at")[:batch]
+        )
+        for key_job in key_jobs:
+            if key_job.cap_held:
+                _cap_adjust(key_job, Decimal(0), now, key_job.key.credit_limit_period)
+            key_job.released_at = now
+            released += 1
+        KeyJob.objects.bulk_update(key_jobs, ["released_at"])
+    return released
+
+
+def key_job_for(job_uuid: uuid_lib.UUID) -> KeyJob | None:
+    return KeyJob.objects.select_related("key", "job").filter(job__uuid=job_uuid).first()

@@ -1,0 +1,104 @@
+"""Reads of API keys, always through the acting principal: a person sees the keys of the labs
+they belong to; a service token those of its lab, or every lab's for an operator's token."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts import selectors as account_selectors
+from accounts.models import Project, User
+from accounts.selectors import Actor
+from keys.errors import KeyNotFoundError
+from keys.models import ApiKey, KeyJob
+
+ZERO = Decimal(0)
+
+
+def key_list(*, actor: Actor, project: Project | None = None) -> QuerySet[ApiKey]:
+    keys = ApiKey.objects.select_related("project__lab", "created_by").filter(
+        project__in=account_selectors.project_list(actor=actor)
+    )
+    return keys if project is None else keys.filter(project=project)
+
+
+def key_get(*, actor: Actor, key_uuid: uuid_lib.UUID | str) -> ApiKey:
+    try:
+        wanted = key_uuid if isinstance(key_uuid, uuid_lib.UUID) else uuid_lib.UUID(str(key_uuid))
+    except ValueError as exc:
+        raise KeyNotFoundError() from exc
+    key = key_list(actor=actor).filter(uuid=wanted).first()
+    if key is None:
+        raise KeyNotFoundError()
+    return key
+
+
+def key_can_manage(*, user: User, key: ApiKey) -> bool:
+    """Revoke and rotate: the key's creator, and the owners and admins of its lab."""
+    if key.created_by_id == user.pk:
+        return True
+    role = account_selectors.membership_role(user=user, lab=key.project.lab)
+    return account_selectors.lab_role_can_manage(role)
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    requests: int
+    units: int  # actual units of settled requests
+    charged: Decimal
+
+
+def _month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _day_start(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def key_usage(key_ids: list[int], *, since: datetime) -> dict[int, KeyUsage]:
+    """Per key: requests authorized since `since`, their actual units and what they were
+    charged (the job's charges, however its usage was posted)."""
+    rows = (
+        KeyJob.objects.filter(key_id__in=key_ids, created_at__gte=since)
+        .values("key_id")
+        .annotate(
+            requests=Count("id"),
+            units=Coalesce(Sum("units"), 0),
+            charged=Coalesce(Sum("job__charged_amount"), ZERO),
+        )
+    )
+    usage = {key_id: KeyUsage(0, 0, ZERO) for key_id in key_ids}
+    for row in rows:
+        usage[row["key_id"]] = KeyUsage(row["requests"], row["units"], row["charged"])
+    return usage
+
+
+def key_usage_this_month(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:
+    return key_usage(key_ids, since=_month_start(now or timezone.now()))
+
+
+def key_usage_today(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:
+    return key_usage(key_ids, since=_day_start(now or timezone.now()))
+
+
+def key_limits(key: ApiKey) -> dict[str, dict[str, int | None]]:
+    """The key's own limits by scope (`*` or a slug), as stored."""
+    return {
+        limit.service_slug: {
+            "requests_per_minute": limit.requests_per_minute,
+            "units_per_minute": limit.units_per_minute,
+        }
+        for limit in key.limits.all()
+    }
+
+
+def active_keys(keys: QuerySet[ApiKey], *, now: datetime | None = None) -> QuerySet[ApiKey]:
+    now = now or timezone.now()
+    return keys.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), revoked_at__isnull=True)
