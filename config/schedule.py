@@ -29,6 +29,14 @@ def beat_schedule(env: environ.Env) -> dict[str, dict[str, Any]]:
             "task": "metering.reservations_expire",
             "schedule": env.int("RESERVATIONS_EXPIRE_PERIOD", default=60),
         },
+        "keys-expire": {
+            "task": "keys.keys_expire",
+            "schedule": env.int("KEYS_EXPIRE_PERIOD", default=60),
+        },
+        "key-holds-release": {
+            "task": "keys.key_holds_release",
+            "schedule": env.int("KEY_HOLDS_RELEASE_PERIOD", default=60),
+        },
         "grants-expire": {
             "task": "billing.grants_expire",
             "schedule": env.int("GRANTS_EXPIRE_PERIOD", default=60),

@@ -50,3 +50,15 @@ def make_key(cast, llm):
 
 def authorize(client, key, service="ml-llm", **body):
     return client.post("/api/v1/authorize", {"key": key, "service": service, **body}, format="json")
+
+
+@pytest.fixture(autouse=True)
+def _rate_windows_cleared(settings):
+    """The per-minute windows live in the Redis of REDIS_URL (the cache flushed between tests is
+    another database): each test starts without them."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for name in client.scan_iter(match="rl:*", count=1000):
+        client.delete(name)
+    client.close()

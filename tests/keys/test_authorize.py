@@ -104,7 +104,7 @@ def test_a_revoked_key_is_refused_on_the_very_next_call(gateway, make_key):
 
 
 def test_an_expired_key_is_401(gateway, make_key, time_machine):
-    key, full = make_key(expires_at=timezone.now() + timedelta(hours=1))
+    _, full = make_key(expires_at=timezone.now() + timedelta(hours=1))
     assert authorize(gateway, full).status_code == 200
     time_machine.move_to(timezone.now() + timedelta(hours=2))
     response = authorize(gateway, full)

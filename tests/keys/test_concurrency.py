@@ -1,0 +1,140 @@
+"""Limits under concurrency: real threads and real server processes against the real
+PostgreSQL and Redis. A budget or a rate limit that concurrent requests can overrun is no limit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from django.db import connection, connections
+
+from accounts.models import Scope
+from accounts.services import service_token_create
+from billing.selectors import project_balances
+from devstack.services import free_port
+from keys.authorize import authorize
+from keys.models import ApiKey, KeyJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _authorize_all(full_key: str, count: int, units: int) -> list[str]:
+    token, _ = service_token_create(name="gateway", scopes=[Scope.AUTHORIZE])
+    barrier = threading.Barrier(count)
+
+    def one(_: int) -> str:
+        try:
+            barrier.wait()
+            return authorize(token=token, raw_key=full_key, slug="ml-llm", units=units).code
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_fifty_concurrent_authorizes_against_a_cap_covering_twelve(cast, make_key):
+    key, full = make_key(credit_limit="12")  # 100 units cost 1 credit
+    codes = _authorize_all(full, 50, units=100)
+    assert codes.count("allowed") == 12
+    assert codes.count("key_credit_limit") == 38
+    assert ApiKey.objects.get(pk=key.pk).credit_used == Decimal("12")
+    assert KeyJob.objects.filter(key=key).count() == 12
+    assert project_balances([cast.alpha])[0].reserved == Decimal("12")
+
+
+def test_fifty_concurrent_authorizes_against_project_credits_covering_twelve(cast, make_key):
+    _, full = make_key()
+    codes = _authorize_all(full, 50, units=800)  # 8 credits each; Alpha has 100
+    assert codes.count("allowed") == 12
+    assert codes.count("insufficient_funds") == 38
+    balance = project_balances([cast.alpha])[0]
+    assert (balance.balance, balance.reserved) == (Decimal("4"), Decimal("96"))
+
+
+def _test_database_url() -> str:
+    """DATABASE_URL naming the test database that pytest-django made."""
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path=f"/{connection.settings_dict['NAME']}"))
+
+
+def _server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": _test_database_url(),
+    }
+    command = [
+        sys.executable, "-m", "gunicorn", "config.wsgi:application",
+        "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
+        "--worker-class", "gthread", "--error-logfile", str(log), "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def _wait_up(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on {url} did not start:\n{log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def two_servers(tmp_path):
+    servers, urls = [], []
+    try:
+        for index in range(2):
+            port, log = free_port(), tmp_path / f"server{index}.log"
+            servers.append(_server(port, log))
+            urls.append(f"http://127.0.0.1:{port}")
+            _wait_up(urls[-1], servers[-1], log)
+        yield urls
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=30)
+
+
+def test_two_server_processes_share_one_rate_limit(cast, make_key, two_servers):
+    _, full = make_key(limits={"ml-llm": {"requests_per_minute": 60}})
+    _, token = service_token_create(name="gateway", scopes=[Scope.AUTHORIZE])
+    headers = {"Authorization": f"Bearer {token}"}
+    clients = [httpx.Client(base_url=url, headers=headers, timeout=30) for url in two_servers]
+
+    def one(index: int) -> int:
+        client = clients[index % 2]
+        body = {"key": full, "service": "ml-llm", "units": 1}
+        return client.post("/api/v1/authorize", json=body).status_code
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(one, range(70)))
+        assert statuses.count(200) == 60
+        assert statuses.count(429) == 10
+        late = [
+            client.post("/api/v1/authorize", json={"key": full, "service": "ml-llm"})
+            for client in clients
+        ]
+        assert [response.status_code for response in late] == [429, 429]
+        assert late[0].headers["X-RateLimit-Remaining"] == "0"
+        assert int(late[0].headers["Retry-After"]) >= 1
+    finally:
+        for client in clients:
+            client.close()
+    assert project_balances([cast.alpha])[0].reserved == Decimal("0.60")
