@@ -10,33 +10,18 @@ from __future__ import annotations
 import json
 import uuid as uuid_lib
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import psycopg
-from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken, User
 from billing.models import AccountType, JournalEntry, LedgerAccount
-from core.db import Params, execute_prepared, statements_prepared
+from core.db import Params, execute_pipelined, execute_prepared
 
 Actor = User | ServiceToken | None
-
-
-def _hot_pipeline(*statements: tuple[str, Params]) -> list[list[tuple[Any, ...]]]:
-    """Run hot-path statements, prepared, in one round trip (a pipeline). Each still reads with
-    its own snapshot. In autocommit mode the Sync that ends the pipeline commits them as one
-    transaction, and an error in any rolls them all back; inside a transaction they join it."""
-    with connection.wrap_database_errors, statements_prepared() as raw, ExitStack() as stack:
-        cursors = [stack.enter_context(psycopg.Cursor(raw)) for _ in statements]
-        with raw.pipeline():
-            for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                cursor.execute(sql, params, prepare=True)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
 
 
 @dataclass(frozen=True)
@@ -295,7 +280,25 @@ def entry_post(
     return _saved(entry, execute_prepared(_POST.format(legs=values), params)[0][0])
 
 
-def transfer(
+@dataclass(frozen=True)
+class TransferPlan:
+    """A transfer's two statements, to run in one round trip (alone, or in a caller's
+    pipeline, in this order, after its other statements); `written` reads their results."""
+
+    statements: list[tuple[str, Params]]
+    entry: JournalEntry
+    refs: tuple[AccountRef, AccountRef]
+
+    def written(self, locked: list[tuple[Any, ...]], wrote: list[tuple[Any, ...]]):
+        """The entry, or None when the debited grants could not cover the amount."""
+        entry_id = wrote[0][0]
+        if entry_id is None:
+            _accounts_found(list(self.refs), locked)  # a missing account is not a shortfall
+            return None
+        return _saved(self.entry, entry_id)
+
+
+def transfer_plan(
     *,
     type: str,
     debit: AccountRef,
@@ -307,13 +310,12 @@ def transfer(
     idempotency_key: str | None = None,
     request_fingerprint: str = "",
     job_uuid: uuid_lib.UUID | None = None,
-) -> JournalEntry | None:
+) -> TransferPlan:
     """Lock both accounts in id order, then move `amount` from one to the other, grant by grant
-    in burn order. Returns None, having written nothing, when the debited grants cannot cover it.
+    in burn order, writing nothing when the debited grants cannot cover it.
 
-    The lock and the write go in one round trip; outside a transaction they commit together
-    with it. They stay two statements: a statement reads with the snapshot it started with, so
-    a write that took the locks itself would not see what the holder it waited for committed."""
+    They stay two statements: a statement reads with the snapshot it started with, so a write
+    that took the locks itself would not see what the holder it waited for committed."""
     entry = _entry_new(
         type=type,
         actor=actor,
@@ -341,9 +343,13 @@ def transfer(
     sql = _TRANSFER.format(
         debit=debit_where, credit=credit_where, spendable=_SPENDABLE if spendable_only else ""
     )
-    locked, written = _hot_pipeline(_accounts_lock_sql([debit, credit]), (sql, params))
-    entry_id = written[0][0]
-    if entry_id is None:
-        _accounts_found([debit, credit], locked)  # a missing account is not a shortfall
-        return None
-    return _saved(entry, entry_id)
+    return TransferPlan(
+        [_accounts_lock_sql([debit, credit]), (sql, params)], entry, (debit, credit)
+    )
+
+
+def transfer(**kwargs: Any) -> JournalEntry | None:
+    """transfer_plan's statements in one round trip; outside a transaction they commit together
+    with it. Returns None, having written nothing, when the debited grants cannot cover it."""
+    plan = transfer_plan(**kwargs)
+    return plan.written(*execute_pipelined(*plan.statements))

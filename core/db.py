@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -38,3 +38,15 @@ def execute_prepared(sql: str, params: Params) -> list[tuple[Any, ...]]:
     ):
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchall() if cursor.description else []
+
+
+def execute_pipelined(*statements: tuple[str, Params]) -> list[list[tuple[Any, ...]]]:
+    """Run hot-path statements, prepared, in one round trip (a pipeline). Each still reads with
+    its own snapshot. In autocommit mode the Sync that ends the pipeline commits them as one
+    transaction, and an error in any rolls them all back; inside a transaction they join it."""
+    with connection.wrap_database_errors, statements_prepared() as raw, ExitStack() as stack:
+        cursors = [stack.enter_context(psycopg.Cursor(raw)) for _ in statements]
+        with raw.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params, prepare=True)
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]

@@ -26,15 +26,16 @@ from django.utils import timezone
 
 from accounts.models import Project, ServiceToken
 from billing.errors import InsufficientFundsError
-from core.db import execute_prepared
+from billing.holds import hold_plan
+from core.db import execute_pipelined, execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
 from keys import ratelimit
-from keys.caps import CapExceededError, cap_hold, cap_period_start, cap_remaining
+from keys.caps import CapExceededError, cap_hold_plan, cap_period_start, cap_remaining
 from keys.models import ALL_SERVICES
 from metering.cost import Tier, usage_cost
 from metering.models import ServiceType
-from metering.reservations import reservation_open
+from metering.reservations import reservation_job_plan
 
 logger = logging.getLogger(__name__)
 
@@ -319,45 +320,57 @@ def _reserve(
     decision: Decision,
     now: datetime,
 ) -> Decision | None:
-    """Cap, hold and job in one transaction. Returns the refusal, or None when all is held."""
+    """Cap, job and hold in one transaction of two round trips: every statement in one
+    pipeline, then COMMIT (or ROLLBACK when the cap or the project refused). Returns the
+    refusal, or None when all is held."""
     period = cap_period_start(row.credit_limit_period, now)
+    if cost >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
+        return _funds_refusal(decision, cost)
     project = Project(pk=row.project_id, lab_id=row.lab_id)
+    cap = cap_hold_plan(
+        key_id=row.id,
+        job_uuid=job_uuid,
+        slug=slug,
+        units=units,
+        amount=cost,
+        period=period,
+        limited=row.credit_limit is not None,
+        now=now,
+    )
+    _, job_insert = reservation_job_plan(
+        project=project,
+        service_id=row.service_id,  # type: ignore[arg-type]
+        kind=ServiceType.ONESHOT,
+        price_id=row.price_id,  # type: ignore[arg-type]
+        amount=cost,
+        params={"count": units},
+        job_uuid=job_uuid,
+        at=now,
+    )
+    hold = hold_plan(project=project, amount=cost, job_uuid=job_uuid, actor=token)
+    # The KeyJob insert reads the job's row, so it comes after the job's insert.
+    capped, key_job = cap.statements[:-1], cap.statements[-1]
+    statements = [*capped, job_insert, *(hold.statements if cost > 0 else []), key_job]
     try:
         with transaction.atomic():
-            if cost >= MAX_CREDITS:
+            results = execute_pipelined(*statements)
+            remaining = cap.remaining(results)
+            hold_results = results[len(capped) + 1 : len(capped) + 3]
+            if cost > 0 and not hold.held(hold_results):
                 raise InsufficientFundsError(requested_amount=cost)
-            job = reservation_open(
-                project=project,
-                service_id=row.service_id,  # type: ignore[arg-type]
-                kind=ServiceType.ONESHOT,
-                price_id=row.price_id,  # type: ignore[arg-type]
-                amount=cost,
-                params={"count": units},
-                job_uuid=job_uuid,
-                actor=token,
-                at=now,
-            )
-            remaining = cap_hold(
-                key_id=row.id,
-                job_id=job.pk,
-                slug=slug,
-                units=units,
-                amount=cost,
-                period=period,
-                limited=row.credit_limit is not None,
-                now=now,
-            )
     except CapExceededError:
         return _cap_refusal(decision, row, period)
     except InsufficientFundsError:
-        if row.credit_limit is not None and cap_remaining(row.id, period) < cost:
-            return _cap_refusal(decision, row, period)
-        decision.status, decision.code = 402, Code.INSUFFICIENT_FUNDS
-        decision.message = f"The project's credits do not cover the estimated {cost}."
-        return decision
+        return _funds_refusal(decision, cost)
     if remaining is not None:
         decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
     return None
+
+
+def _funds_refusal(decision: Decision, cost: Decimal) -> Decision:
+    decision.status, decision.code = 402, Code.INSUFFICIENT_FUNDS
+    decision.message = f"The project's credits do not cover the estimated {cost}."
+    return decision
 
 
 def _cap_refusal(decision: Decision, row: KeyRow, period: datetime | None) -> Decision:

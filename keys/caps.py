@@ -6,8 +6,10 @@ in the period it was made; a new period starts from zero."""
 from __future__ import annotations
 
 import uuid as uuid_lib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -61,35 +63,57 @@ UPDATE keys_apikey
 """
 
 
-def cap_hold(
+_KEY_JOB = """
+INSERT INTO keys_keyjob
+       (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at)
+SELECT id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s
+  FROM metering_job WHERE uuid = %(job)s
+"""
+
+
+@dataclass(frozen=True)
+class CapPlan:
+    """The statements that count an authorization against its key: the cap's conditional
+    update (keys with a cap) and the job's KeyJob row, for the caller's pipeline."""
+
+    statements: list[tuple[str, dict[str, object]]]
+    limited: bool
+
+    def remaining(self, results: list[list[tuple[Any, ...]]]) -> Decimal | None:
+        """What the cap has left; None without a cap. CapExceededError when it did not cover
+        the amount (the caller's transaction must then roll back)."""
+        if not self.limited:
+            return None
+        if not results[0]:
+            raise CapExceededError()
+        return results[0][0][0]
+
+
+def cap_hold_plan(
     *,
     key_id: int,
-    job_id: int,
+    job_uuid: uuid_lib.UUID,
     slug: str,
     units: int,
     amount: Decimal,
     period: datetime | None,
     limited: bool,
     now: datetime,
-) -> Decimal | None:
-    """Count `amount` against the key's cap and record the job as the key's. Returns what the
-    cap has left (None without a cap); CapExceededError when it does not cover the amount."""
-    remaining = None
+) -> CapPlan:
+    statements: list[tuple[str, dict[str, object]]] = []
     if limited:
-        rows = execute_prepared(_HOLD, {"id": key_id, "amount": amount, "period": period})
-        if not rows:
-            raise CapExceededError()
-        remaining = rows[0][0]
-    KeyJob.objects.create(
-        job_id=job_id,
-        key_id=key_id,
-        service_slug=slug,
-        estimated_units=units,
-        cap_held=amount if limited else Decimal(0),
-        cap_period_start=period,
-        created_at=now,
-    )
-    return remaining
+        statements.append((_HOLD, {"id": key_id, "amount": amount, "period": period}))
+    key_job = {
+        "key": key_id,
+        "slug": slug,
+        "units": units,
+        "held": amount if limited else Decimal(0),
+        "period": period,
+        "at": now,
+        "job": job_uuid,
+    }
+    statements.append((_KEY_JOB, key_job))
+    return CapPlan(statements, limited)
 
 
 def cap_remaining(key_id: int, period: datetime | None) -> Decimal:

@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import sql
 from django.utils import timezone
 
 from accounts.models import Project, ServiceToken, User
@@ -49,55 +50,18 @@ def reservation_create(
         raise InsufficientFundsError(
             "Reservation not allowed because of insufficient funds", requested_amount=amount
         )
-    return reservation_open(
+    job, _ = reservation_job_plan(
         project=project,
         service_id=service.pk,
         kind=service.type,
         price_id=price.pk,
         amount=amount,
         params=params,
-        user_uuid=user_uuid,
-        group_uuid=group_uuid,
-        name=name,
-        actor=actor,
+        job_uuid=uuid_lib.uuid4(),
         at=now,
     )
-
-
-@transaction.atomic
-def reservation_open(
-    *,
-    project: Project,
-    service_id: int,
-    kind: str,
-    price_id: int,
-    amount: Decimal,
-    params: dict[str, Any],
-    job_uuid: uuid_lib.UUID | None = None,
-    user_uuid: uuid_lib.UUID | None = None,
-    group_uuid: uuid_lib.UUID | None = None,
-    name: str = "",
-    actor: User | ServiceToken | None = None,
-    at: datetime | None = None,
-) -> Job:
-    """The job of an already priced reservation and its hold of `amount` (402 with nothing
-    written when the project cannot cover it). For callers that priced the work themselves."""
-    now = at or timezone.now()
-    job = Job.objects.create(
-        uuid=job_uuid or uuid_lib.uuid4(),
-        lab_id=project.lab_id,
-        project=project,
-        service_id=service_id,
-        kind=kind,
-        price_id=price_id,
-        user_uuid=user_uuid,
-        group_uuid=group_uuid,
-        name=name,
-        reservation_params=params,
-        reserved_amount=amount,
-        reserved_at=now,
-        reservation_expires_at=now + timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
-    )
+    job.user_uuid, job.group_uuid, job.name = user_uuid, group_uuid, name
+    job.save(force_insert=True)
     if amount > 0:
         billing.hold_create(project=project, amount=amount, job_uuid=job.uuid, actor=actor)
     return job
@@ -120,6 +84,41 @@ def reservation_release(
     job.cancelled_at = timezone.now()
     job.save(update_fields=["cancelled_at", "updated_at"])
     return job, released
+
+
+def reservation_job_plan(
+    *,
+    project: Project,
+    service_id: int,
+    kind: str,
+    price_id: int,
+    amount: Decimal,
+    params: dict[str, Any],
+    job_uuid: uuid_lib.UUID,
+    at: datetime,
+) -> tuple[Job, tuple[str, list[Any]]]:
+    """The job row of an already priced reservation, and the statement inserting it, for a
+    caller that writes it in one round trip with its hold (billing.holds.hold_plan) and rows of
+    its own. The job is not saved until the caller runs the statement."""
+    job = Job(
+        uuid=job_uuid,
+        lab_id=project.lab_id,
+        project=project,
+        service_id=service_id,
+        kind=kind,
+        price_id=price_id,
+        reservation_params=params,
+        reserved_amount=amount,
+        reserved_at=at,
+        reservation_expires_at=at + timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
+    )
+    fields = [field for field in Job._meta.local_concrete_fields if not field.primary_key]
+    for field in fields:
+        field.pre_save(job, add=True)  # created_at, updated_at
+    query = sql.InsertQuery(Job)
+    query.insert_values(fields, [job])
+    [(statement, values)] = query.get_compiler(connection=connection).as_sql()
+    return job, (statement, list(values))
 
 
 def reservations_expire(*, now: datetime | None = None, batch: int = 500) -> int:

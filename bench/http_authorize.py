@@ -1,0 +1,192 @@
+"""Authorize decisions over HTTP, measured by wrk against the production server (gunicorn) with
+an embedded PostgreSQL and Redis.
+
+    make bench-authorize    (or: .venv/bin/python -m bench.http_authorize --seconds 15)
+
+In one run, with the same wrk settings: GET /health (no database, no token) as the baseline,
+then POST /api/v1/authorize with 32 keys of 8 funded projects, each key with a per-service
+request and unit limit and a monthly credit cap, so every decision runs every check (Redis
+window, cap, project credits) and opens a reservation. Then authorize again at a steady ~200
+requests/s (wrk's per-connection delay) for its latency percentiles. Needs `wrk` on PATH
+(Debian: apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bench.http_stack import HttpStack, http_stack, token_create, world_create
+
+_SCRIPT = """
+local keys = {%(keys)s}
+local token = "%(token)s"
+local index = 0
+local next_id = 0
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+
+function init(args)
+  index = id * 7
+end
+
+request = function()
+  index = index + 1
+  local body = '{"key":"' .. keys[(index %% #keys) + 1] .. '","service":"ml-llm","units":1000}'
+  return wrk.format("POST", "/api/v1/authorize",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
+end
+%(delay)s
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "RESULT {\\"requests\\": %%d, \\"seconds\\": %%f, \\"status_errors\\": %%d, " ..
+    "\\"socket_errors\\": %%d, \\"p50\\": %%f, \\"p99\\": %%f}\\n",
+    summary.requests, summary.duration / 1e6, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+_HEALTH = """
+done = function(summary, latency, requests)
+  io.write(string.format(
+    "RESULT {\\"requests\\": %d, \\"seconds\\": %f, \\"status_errors\\": %d, " ..
+    "\\"socket_errors\\": %d, \\"p50\\": %f, \\"p99\\": %f}\\n",
+    summary.requests, summary.duration / 1e6, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    status_errors: int
+    socket_errors: int
+    p50: float  # ms
+    p99: float  # ms
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk(url: str, script: str, *, seconds: float, connections: int, threads: int) -> WrkResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        output = subprocess.run(  # noqa: S603
+            [
+                shutil.which("wrk") or "wrk", "-t", str(threads), "-c", str(connections),
+                "-d", f"{int(seconds)}s", "--timeout", "10s", "-s", handle.name, url,
+            ],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(handle.name)
+    match = re.search(r"RESULT (\{.*\})", output)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    return WrkResult(**json.loads(match.group(1)))
+
+
+def keys_create(world, count_per_project: int) -> list[str]:
+    from keys.services import key_create, key_settings_validate
+
+    keys = []
+    for project in world.projects:
+        for n in range(count_per_project):
+            _, full = key_create(
+                project=project,
+                name=f"bench {n}",
+                key_settings=key_settings_validate(
+                    services=["ml-llm"],
+                    limits={
+                        "ml-llm": {"requests_per_minute": 1_000_000, "units_per_minute": 10**12}
+                    },
+                    credit_limit="1000000000",
+                    credit_limit_period="monthly",
+                ),
+            )
+            keys.append(full)
+    return keys
+
+
+def _row(name: str, result: WrkResult, baseline: float) -> str:
+    return (
+        f"| {name} | {result.per_second:,.0f} | {result.per_second / baseline:.2f} |"
+        f" {result.p50:.1f} | {result.p99:.1f} | {result.status_errors + result.socket_errors} |"
+    )
+
+
+def run(stack: HttpStack, *, seconds: float, connections: int, threads: int) -> None:
+    from billing.audit import ledger_audit
+    from keys.models import KeyJob
+
+    token = token_create(scopes=["authorize"])
+    world = world_create(projects=8, credits="100000000")
+    keys = keys_create(world, 4)
+    quoted = ", ".join(f'"{key}"' for key in keys)
+    flat_out = _SCRIPT % {"keys": quoted, "token": token, "delay": ""}
+    # Each connection waits this long after every answer: ~200 requests/s over 8 connections.
+    paced = _SCRIPT % {
+        "keys": quoted,
+        "token": token,
+        "delay": "function delay() return 38 end",
+    }
+    wrk(f"{stack.url}/health", _HEALTH, seconds=3, connections=connections, threads=threads)
+    wrk(stack.url, flat_out, seconds=3, connections=connections, threads=threads)  # warm up
+    health = wrk(
+        f"{stack.url}/health", _HEALTH, seconds=seconds, connections=connections, threads=threads
+    )
+    before = KeyJob.objects.count()
+    decisions = wrk(stack.url, flat_out, seconds=seconds, connections=connections, threads=threads)
+    opened = KeyJob.objects.count() - before
+    steady = wrk(stack.url, paced, seconds=seconds, connections=8, threads=2)
+    base = health.per_second
+    print("| measurement | requests/s | vs /health | p50 ms | p99 ms | non-200 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(_row("GET /health", health, base))
+    print(_row("POST /api/v1/authorize, flat out", decisions, base))
+    print(_row("POST /api/v1/authorize, paced", steady, base))
+    print(f"reservations opened by the flat-out run: {opened} (wrk counted {decisions.requests})")
+    print(f"ledger audit after the run: {ledger_audit() or 'clean'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--gunicorn-threads", type=int, default=1)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')} | {platform.node()} | {os.cpu_count()} cores |"
+        f" Python {platform.python_version()} | load {os.getloadavg()[0]:.2f} |"
+        f" gunicorn {args.workers} x {args.worker_class} ({args.gunicorn_threads} threads)"
+    )
+    with http_stack(
+        workers=args.workers, worker_class=args.worker_class, threads=args.gunicorn_threads
+    ) as stack:
+        run(stack, seconds=args.seconds, connections=args.connections, threads=args.threads)
+
+
+if __name__ == "__main__":
+    main()
