@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 Params = Sequence[object] | dict[str, object]
 
@@ -17,6 +17,7 @@ Params = Sequence[object] | dict[str, object]
 def statements_prepared() -> Iterator[psycopg.Connection[Any]]:
     """The raw connection, with psycopg's prepared statements on for `prepare=True` only.
     Django sets prepare_threshold to None, which makes psycopg ignore prepare=True as well."""
+    connection = connections[DEFAULT_DB_ALIAS]
     connection.ensure_connection()
     raw = connection.connection
     threshold = raw.prepare_threshold
@@ -32,7 +33,7 @@ def execute_prepared(sql: str, params: Params) -> list[tuple[Any, ...]]:
     once per connection, and arrays travel as parameters instead of quoted literals. Errors
     become Django's."""
     with (
-        connection.wrap_database_errors,
+        connections[DEFAULT_DB_ALIAS].wrap_database_errors,
         statements_prepared() as raw,
         psycopg.Cursor(raw) as cursor,
     ):
@@ -44,7 +45,8 @@ def execute_pipelined(*statements: tuple[str, Params]) -> list[list[tuple[Any, .
     """Run hot-path statements, prepared, in one round trip (a pipeline). Each still reads with
     its own snapshot. In autocommit mode the Sync that ends the pipeline commits them as one
     transaction, and an error in any rolls them all back; inside a transaction they join it."""
-    with connection.wrap_database_errors, statements_prepared() as raw, ExitStack() as stack:
+    errors = connections[DEFAULT_DB_ALIAS].wrap_database_errors
+    with errors, statements_prepared() as raw, ExitStack() as stack:
         cursors = [stack.enter_context(psycopg.Cursor(raw)) for _ in statements]
         with raw.pipeline():
             for cursor, (sql, params) in zip(cursors, statements, strict=True):

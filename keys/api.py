@@ -15,6 +15,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -117,6 +118,10 @@ class AuthorizeView(APIView):
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [token_scope_required(Scope.AUTHORIZE)]
     parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):  # type: ignore[no-untyped-def]
+        return JSONRenderer(), JSONRenderer.media_type  # one renderer: nothing to negotiate
 
     def handle_exception(self, exc: Exception) -> Response:
         """The token refused, a body that is not JSON: still the decision shape."""

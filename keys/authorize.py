@@ -348,15 +348,13 @@ def _reserve(
         at=now,
     )
     hold = hold_plan(project=project, amount=cost, job_uuid=job_uuid, actor=token)
-    # The KeyJob insert reads the job's row, so it comes after the job's insert.
-    capped, key_job = cap.statements[:-1], cap.statements[-1]
-    statements = [*capped, job_insert, *(hold.statements if cost > 0 else []), key_job]
+    hold_statements = hold.statements if cost > 0 else []
+    statements = [job_insert, *hold_statements, cap.statement]
     try:
         with transaction.atomic():
             results = execute_pipelined(*statements)
-            remaining = cap.remaining(results)
-            hold_results = results[len(capped) + 1 : len(capped) + 3]
-            if cost > 0 and not hold.held(hold_results):
+            remaining = cap.remaining(results[-1])  # the cap is checked before the project
+            if cost > 0 and not hold.held(results[1:3]):
                 raise InsufficientFundsError(requested_amount=cost)
     except CapExceededError:
         return _cap_refusal(decision, row, period)

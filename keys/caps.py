@@ -37,17 +37,6 @@ def cap_period_start(period: str, now: datetime) -> datetime | None:
 
 # In each statement, the CASE is credit_used as of %(period)s: what the row holds if it is that
 # period's, else nothing yet.
-_HOLD = """
-UPDATE keys_apikey
-   SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-                          THEN credit_used ELSE 0 END + %(amount)s,
-       credit_period_start = %(period)s
- WHERE id = %(id)s
-   AND CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-            THEN credit_used ELSE 0 END + %(amount)s <= credit_limit
-RETURNING credit_limit - credit_used
-"""
-
 _REMAINING = """
 SELECT credit_limit - CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
                            THEN credit_used ELSE 0 END
@@ -63,30 +52,43 @@ UPDATE keys_apikey
 """
 
 
-_KEY_JOB = """
+# Counts the hold against the cap (keys with one: `limited`) and records the job as the key's,
+# in one statement, or writes nothing when the cap does not cover the amount. It runs last in
+# authorize's pipeline: after the job's INSERT (which it reads) and the ledger's account locks,
+# so that the key's row is locked after the accounts, as settling a job locks them.
+_CAP_AND_KEY_JOB = """
+WITH cap AS (
+    UPDATE keys_apikey
+       SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+                              THEN credit_used ELSE 0 END + %(held)s,
+           credit_period_start = %(period)s
+     WHERE id = %(key)s AND %(limited)s
+       AND CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
+                THEN credit_used ELSE 0 END + %(held)s <= credit_limit
+    RETURNING credit_limit - credit_used AS remaining
+)
 INSERT INTO keys_keyjob
        (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at)
-SELECT id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s
-  FROM metering_job WHERE uuid = %(job)s
+SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s
+  FROM metering_job job
+ WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
+RETURNING (SELECT remaining FROM cap)
 """
 
 
 @dataclass(frozen=True)
 class CapPlan:
-    """The statements that count an authorization against its key: the cap's conditional
-    update (keys with a cap) and the job's KeyJob row, for the caller's pipeline."""
+    """The statement that counts an authorization against its key, for the caller's pipeline."""
 
-    statements: list[tuple[str, dict[str, object]]]
+    statement: tuple[str, dict[str, object]]
     limited: bool
 
-    def remaining(self, results: list[list[tuple[Any, ...]]]) -> Decimal | None:
+    def remaining(self, result: list[tuple[Any, ...]]) -> Decimal | None:
         """What the cap has left; None without a cap. CapExceededError when it did not cover
         the amount (the caller's transaction must then roll back)."""
-        if not self.limited:
-            return None
-        if not results[0]:
+        if not result:
             raise CapExceededError()
-        return results[0][0][0]
+        return result[0][0] if self.limited else None
 
 
 def cap_hold_plan(
@@ -100,11 +102,9 @@ def cap_hold_plan(
     limited: bool,
     now: datetime,
 ) -> CapPlan:
-    statements: list[tuple[str, dict[str, object]]] = []
-    if limited:
-        statements.append((_HOLD, {"id": key_id, "amount": amount, "period": period}))
-    key_job = {
+    params: dict[str, object] = {
         "key": key_id,
+        "limited": limited,
         "slug": slug,
         "units": units,
         "held": amount if limited else Decimal(0),
@@ -112,8 +112,7 @@ def cap_hold_plan(
         "at": now,
         "job": job_uuid,
     }
-    statements.append((_KEY_JOB, key_job))
-    return CapPlan(statements, limited)
+    return CapPlan((_CAP_AND_KEY_JOB, params), limited)
 
 
 def cap_remaining(key_id: int, period: datetime | None) -> Decimal:
