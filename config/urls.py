@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("app/", include("accounts.urls")),
     path("app/", include("billing.urls")),
+    path("app/", include("keys.urls")),
     path("", include("metering.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),

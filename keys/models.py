@@ -58,6 +58,13 @@ class ApiKey(TimeStampedModel):
     # changed only by conditional updates in keys/services.py.
     credit_used = models.DecimalField(default=0, **MONEY_FIELD)
     credit_period_start = models.DateTimeField(null=True, blank=True)
+    # The management API's `Idempotency-Key` (unique per creating token, written with the key in
+    # one transaction) and a digest of the request it came with: a replay answers from this
+    # row, the same key with another request is a 409.
+    idempotency_key = models.CharField(  # noqa: DJ001 (null: no key, outside the constraint)
+        max_length=200, null=True, blank=True, editable=False
+    )
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -79,6 +86,12 @@ class ApiKey(TimeStampedModel):
             models.CheckConstraint(
                 condition=models.Q(credit_limit_period__in=["", *CreditPeriod.values]),
                 name="apikey_credit_period_valid",
+            ),
+            # Also the replay lookup of POST /api/v1/keys: (token, Idempotency-Key).
+            models.UniqueConstraint(
+                fields=["created_by_token", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="apikey_idempotency_key_unique",
             ),
         ]
 

@@ -4,6 +4,7 @@ they belong to; a service token those of its lab, or every lab's for an operator
 from __future__ import annotations
 
 import uuid as uuid_lib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +16,7 @@ from django.utils import timezone
 from accounts import selectors as account_selectors
 from accounts.models import Project, User
 from accounts.selectors import Actor
+from keys.caps import cap_period_start
 from keys.errors import KeyNotFoundError
 from keys.models import ApiKey, KeyJob
 
@@ -39,12 +41,40 @@ def key_get(*, actor: Actor, key_uuid: uuid_lib.UUID | str) -> ApiKey:
     return key
 
 
+def keys_manageable(*, user: User, keys: Sequence[ApiKey]) -> set[int]:
+    """The pks of the keys of `keys` the user may revoke and rotate: the key's creator, and the
+    owners and admins of its lab. One query for the roles, none when the user made them all."""
+    others = {key.project.lab_id for key in keys if key.created_by_id != user.pk}
+    roles = dict(user.memberships.filter(lab_id__in=others).values_list("lab_id", "role"))
+    return {
+        key.pk
+        for key in keys
+        if key.created_by_id == user.pk
+        or account_selectors.lab_role_can_manage(roles.get(key.project.lab_id))
+    }
+
+
 def key_can_manage(*, user: User, key: ApiKey) -> bool:
-    """Revoke and rotate: the key's creator, and the owners and admins of its lab."""
-    if key.created_by_id == user.pk:
-        return True
-    role = account_selectors.membership_role(user=user, lab=key.project.lab)
-    return account_selectors.lab_role_can_manage(role)
+    """Revoke and rotate: the rule of keys_manageable, for one key."""
+    return key.pk in keys_manageable(user=user, keys=[key])
+
+
+def key_status(key: ApiKey, now: datetime) -> str:
+    """active, expired or revoked, as authorize decides it: from revoked_at and expires_at."""
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def key_credit_used(key: ApiKey, now: datetime) -> Decimal:
+    """What the key's credit cap counts in its current period: credit_used belongs to the period
+    it was last written in, and a new period starts from zero (no cap: zero)."""
+    if key.credit_limit is None:
+        return ZERO
+    same_period = key.credit_period_start == cap_period_start(key.credit_limit_period, now)
+    return key.credit_used if same_period else ZERO
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,22 @@ of the key's own means the default applies (keys/limits.py computes what is in f
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid as uuid_lib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import selectors as account_selectors
 from accounts.models import Project, ServiceToken, User
-from core.money import AmountError, credits_parse
+from billing.errors import IdempotencyConflictError
+from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyLimit
@@ -196,3 +201,108 @@ def keys_expire(*, now: datetime | None = None) -> int:
     return ApiKey.objects.filter(
         expires_at__lte=now, expired_at__isnull=True, revoked_at__isnull=True
     ).update(expired_at=now, updated_at=now)
+
+
+# Create, once (POST /api/v1/keys) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Created:
+    key: ApiKey
+    full_key: str | None  # None: a replay
+    replayed: bool
+
+
+def _fingerprint(
+    project: Project,
+    *,
+    name: str,
+    services: Sequence[str] | None,
+    limits: Mapping[str, object] | None,
+    credit_limit: Decimal | None,
+    credit_limit_period: str | None,
+    expires_at: datetime | None,
+) -> str:
+    """Equal requests give equal digests: service order, omitted nulls and amount formats do
+    not matter. Stored on the key's row: the payload must stay as it is."""
+    payload = {
+        "project": str(project.uuid),
+        "name": name.strip(),
+        "services": sorted(set(services)) if services is not None else None,
+        "limits": {
+            scope: {**dict.fromkeys(LIMIT_FIELDS), **given} if isinstance(given, dict) else given
+            for scope, given in (limits or {}).items()
+        },
+        "credit_limit": (str(credits_quantize(credit_limit)) if credit_limit is not None else None),
+        "credit_limit_period": credit_limit_period or None,
+        "expires_at": expires_at.astimezone(UTC).isoformat() if expires_at else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _first(token: ServiceToken, idempotency_key: str) -> ApiKey | None:
+    return (
+        ApiKey.objects.select_related("project__lab")
+        .filter(created_by_token=token, idempotency_key=idempotency_key)
+        .first()
+    )
+
+
+def _replayed(first: ApiKey, fingerprint: str) -> Created:
+    if first.request_fingerprint != fingerprint:
+        raise IdempotencyConflictError()
+    return Created(key=first, full_key=None, replayed=True)
+
+
+def key_create_for_token(
+    *,
+    token: ServiceToken,
+    project_uuid: uuid_lib.UUID | str,
+    name: str,
+    services: Sequence[str] | None = None,
+    limits: Mapping[str, Mapping[str, object]] | None = None,
+    credit_limit: Decimal | None = None,
+    credit_limit_period: str | None = None,
+    expires_at: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> Created:
+    """A key in a project the token may see, created at most once per Idempotency-Key.
+
+    The Idempotency-Key and the request's digest are written on the key's row in the key's
+    transaction; concurrent requests with one key serialize on its unique index and all but one
+    replay. A replay answers the key as it is now, without its secret: it was never stored."""
+    project = account_selectors.project_get(actor=token, project_uuid=project_uuid)
+    fingerprint = _fingerprint(
+        project,
+        name=name,
+        services=services,
+        limits=limits,
+        credit_limit=credit_limit,
+        credit_limit_period=credit_limit_period,
+        expires_at=expires_at,
+    )
+    if idempotency_key is not None:
+        first = _first(token, idempotency_key)
+        if first is not None:
+            return _replayed(first, fingerprint)
+    key_settings = key_settings_validate(
+        services=services,
+        limits=limits,
+        credit_limit=credit_limit,
+        credit_limit_period=credit_limit_period,
+        expires_at=expires_at,
+    )
+    try:
+        with transaction.atomic():
+            key, full = key_create(
+                project=project, name=name, key_settings=key_settings, created_by_token=token
+            )
+            if idempotency_key is not None:
+                key.idempotency_key, key.request_fingerprint = idempotency_key, fingerprint
+                key.save(update_fields=["idempotency_key", "request_fingerprint"])
+    except IntegrityError:
+        first = _first(token, idempotency_key) if idempotency_key is not None else None
+        if first is None:
+            raise
+        return _replayed(first, fingerprint)
+    return Created(key=key, full_key=full, replayed=False)

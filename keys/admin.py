@@ -1,0 +1,125 @@
+"""Operators' view of end-user API keys and the jobs they authorized.
+
+Keys are created by their users (the portal or the management API), where the full key is shown
+once; the admin never adds one and never shows a secret or its hash. An operator may rename a
+key, change its expiry, or revoke keys (the action, through keys.services.key_revoke)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from keys.models import ApiKey, KeyJob, KeyLimit
+from keys.services import key_revoke
+
+PASTED_KEY = re.compile(r"sk_([a-z0-9]{1,32})(?:_.*)?")
+
+
+class KeyLimitInline(admin.TabularInline):
+    """Read-only: limits are checked against the services' defaults where they are set."""
+
+    model = KeyLimit
+    extra = 0
+    fields = ["service_slug", "requests_per_minute", "units_per_minute"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "name", "masked", "project", "lab", "created_by", "last_used_at", "expires_at",
+        "revoked_at", "credit_limit", "credit_limit_period", "credit_used",
+    ]  # fmt: skip
+    list_filter = [
+        ("revoked_at", admin.EmptyFieldListFilter),
+        ("expires_at", admin.EmptyFieldListFilter),
+        ("expired_at", admin.EmptyFieldListFilter),
+        ("credit_limit", admin.EmptyFieldListFilter),
+        "credit_limit_period",
+        "created_at",
+    ]
+    search_fields = ["name", "lookup_id", "uuid", "project__name", "project__lab__name"]
+    list_select_related = ["project__lab", "created_by"]
+    # Everything on the page; never secret_hash or previous_secret_hash.
+    fields = [
+        "name", "masked", "uuid", "project", "lab", "created_by", "created_by_token",
+        "services", "credit_limit", "credit_limit_period", "credit_used", "credit_period_start",
+        "created_at", "last_used_at", "rotated_at", "previous_valid_until", "expires_at",
+        "expired_at", "revoked_at", "revoked_by",
+    ]  # fmt: skip
+    readonly_fields = [name for name in fields if name not in ("name", "expires_at")]
+    inlines = [KeyLimitInline]
+    actions = ["revoke"]
+
+    @admin.display(description="Key")
+    def masked(self, obj: ApiKey) -> str:
+        return obj.masked
+
+    @admin.display(description="Lab", ordering="project__lab__name")
+    def lab(self, obj: ApiKey) -> str:
+        return str(obj.project.lab)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the full key must be shown once, to whoever creates it: the portal or API
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # its jobs refer to it; revoke it instead
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ApiKey], search_term: str
+    ) -> tuple[QuerySet[ApiKey], bool]:
+        """A pasted key, full or masked (`sk_<lookup>_…`), finds its key by the lookup id."""
+        match = PASTED_KEY.fullmatch(search_term.strip())
+        if match:
+            return queryset.filter(lookup_id=match.group(1)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        active = list(queryset.filter(revoked_at__isnull=True))
+        for key in active:
+            key_revoke(key=key, by=request.user)  # type: ignore[arg-type]
+        self.message_user(request, f"Revoked {len(active)} key(s).")
+
+
+@admin.register(KeyJob)
+class KeyJobAdmin(admin.ModelAdmin):
+    """Read-only: written by authorize and usage only."""
+
+    list_display = [
+        "job_uuid", "key", "service_slug", "estimated_units", "units", "cap_held", "charged",
+        "created_at", "settled_at", "released_at",
+    ]  # fmt: skip
+    list_filter = [
+        ("settled_at", admin.EmptyFieldListFilter),
+        ("released_at", admin.EmptyFieldListFilter),
+        "service_slug",
+        "created_at",
+    ]
+    search_fields = ["key__name", "key__lookup_id", "key__uuid", "job__uuid"]
+    list_select_related = ["key", "job"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Job", ordering="job__uuid")
+    def job_uuid(self, obj: KeyJob) -> str:
+        return str(obj.job.uuid)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

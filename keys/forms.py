@@ -1,0 +1,195 @@
+"""The portal's form for a new API key. It checks the shape of the input (numbers, choices, the
+user's own projects); keys.services.key_settings_validate checks the rest (limits no looser than
+the services' defaults, the cap's amount, the expiry), and its errors land on these fields: each
+field is named like the error's place in KeySettingsError.details (`limits.<scope>.<name>`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+
+from accounts import selectors as account_selectors
+from accounts.models import Project, User
+from keys.errors import KeySettingsError
+from keys.models import ALL_SERVICES, CreditPeriod
+from keys.services import LIMIT_FIELDS, KeySettings, key_settings_validate
+from metering.models import Service
+
+LIMIT_MAX = 2**53  # what key_settings_validate accepts
+ALL, SOME = "all", "some"
+
+
+def limit_field_name(scope: str, name: str) -> str:
+    """`limits.*.requests_per_minute`, `limits.ml-llm.units_per_minute`: the key of the error
+    in KeySettingsError.details, so errors map onto fields one to one."""
+    return f"limits.{scope}.{name}"
+
+
+class ProjectChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Project) -> str:
+        return f"{obj.lab.name} / {obj.name}"
+
+
+@dataclass
+class ServiceRow:
+    """One line of the services table: the checkbox and the two limits of a service."""
+
+    service: Service
+    checked: bool
+    requests: forms.BoundField
+    units: forms.BoundField
+
+    @property
+    def requests_hint(self) -> str:
+        return _default_hint(self.service.key_requests_per_minute)
+
+    @property
+    def units_hint(self) -> str:
+        return _default_hint(self.service.key_units_per_minute)
+
+
+def _default_hint(default: int | None) -> str:
+    return "no default limit" if default is None else f"default and max {default:,}"
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=100, strip=True)
+    project = ProjectChoiceField(
+        label="Project", queryset=Project.objects.none(), to_field_name="uuid", empty_label=None
+    )
+    service_access = forms.ChoiceField(
+        label="Services",
+        choices=[(ALL, "All services"), (SOME, "Only the services checked below")],
+        initial=ALL,
+        widget=forms.RadioSelect,
+    )
+    services = forms.MultipleChoiceField(
+        label="Allowed services", required=False, widget=forms.CheckboxSelectMultiple
+    )
+    credit_limit = forms.CharField(
+        label="Credit cap",
+        required=False,
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "none"}),
+        help_text="Total credits the key may spend; empty: no cap of its own.",
+    )
+    credit_limit_period = forms.ChoiceField(
+        label="Cap resets",
+        required=False,
+        choices=[("", "Never (a total)"), *CreditPeriod.choices],
+    )
+    expires_at = forms.DateTimeField(
+        label="Expires (UTC)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: never.",
+    )
+
+    key_settings: KeySettings  # set by clean() when the settings pass
+
+    def __init__(self, *args: Any, user: User, authorizable: dict[str, Service], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = account_selectors.project_list(actor=user).order_by(
+            "lab__name", "name", "id"
+        )
+        self.authorizable = authorizable
+        self.fields["services"].choices = [(slug, slug) for slug in authorizable]
+        for scope, service in [(ALL_SERVICES, None), *authorizable.items()]:
+            for name in LIMIT_FIELDS:
+                default = getattr(service, f"key_{name}") if service else None
+                attrs: dict[str, Any] = {"min": 1, "inputmode": "numeric"}
+                if default is not None:
+                    attrs["max"] = default  # the browser's hint; the service decides
+                    attrs["placeholder"] = f"max {default}"
+                self.fields[limit_field_name(scope, name)] = forms.IntegerField(
+                    label=name.replace("_", " ").capitalize(),
+                    required=False,
+                    min_value=1,
+                    max_value=LIMIT_MAX,
+                    widget=forms.NumberInput(attrs=attrs),
+                )
+
+    def service_rows(self) -> list[ServiceRow]:
+        if self.is_bound:
+            checked = set(self.data.getlist("services"))
+        else:
+            checked = set(self.initial.get("services", []))
+        return [
+            ServiceRow(
+                service=service,
+                checked=slug in checked,
+                requests=self[limit_field_name(slug, "requests_per_minute")],
+                units=self[limit_field_name(slug, "units_per_minute")],
+            )
+            for slug, service in self.authorizable.items()
+        ]
+
+    def key_wide(self) -> tuple[forms.BoundField, forms.BoundField]:
+        return (
+            self[limit_field_name(ALL_SERVICES, "requests_per_minute")],
+            self[limit_field_name(ALL_SERVICES, "units_per_minute")],
+        )
+
+    def clean(self) -> dict[str, Any]:
+        """The shape checks above, then the service's checks on what is well-formed, so that
+        every problem shows at once; `key_settings` holds the result when all is well."""
+        data = super().clean()
+        if data.get("service_access") == SOME and "services" in data and not data["services"]:
+            self.add_error("services", "Check at least one service, or allow all services.")
+        try:
+            self.key_settings = key_settings_validate(**self._settings_input())
+        except KeySettingsError as exc:
+            self.add_settings_errors(exc)
+        return data
+
+    def _settings_input(self) -> dict[str, Any]:
+        """The cleaned input as key_settings_validate takes it; a field with an error of its
+        own is left out (taken as empty)."""
+        data = self.cleaned_data
+        limits: dict[str, dict[str, int | None]] = {}
+        for scope in [ALL_SERVICES, *self.authorizable]:
+            values = {name: data.get(limit_field_name(scope, name)) for name in LIMIT_FIELDS}
+            if any(value is not None for value in values.values()):
+                limits[scope] = values
+        some = data.get("service_access") == SOME and data.get("services")
+        return {
+            "services": sorted(data["services"]) if some else None,
+            "limits": limits,
+            "credit_limit": data.get("credit_limit") or None,
+            "credit_limit_period": data.get("credit_limit_period", ""),
+            "expires_at": data.get("expires_at"),
+        }
+
+    def add_settings_errors(self, error: KeySettingsError) -> None:
+        """Each message of the service's details on its field; a limit's message without a
+        field (`limits.<slug>`) on the service's requests field; the rest above the form."""
+        details = error.details or {}
+        if not details:
+            self.add_error(None, error.message)
+        for where, messages in details.items():
+            field = where if where in self.fields else None
+            if field is None and where.startswith("limits."):
+                candidate = limit_field_name(where.removeprefix("limits."), "requests_per_minute")
+                field = candidate if candidate in self.fields else None
+            for message in messages:
+                if field is None:
+                    self.add_error(None, f"{where}: {message}")
+                elif field not in self.errors or message not in self.errors[field]:
+                    self.add_error(field, message)
+
+    def error_sentences(self) -> list[str]:
+        """Every error as a sentence, field errors named by their label (the alert on top)."""
+        errors = list(self.non_field_errors())
+        for name, field_errors in self.errors.items():
+            if name == "__all__":
+                continue
+            errors += [f"{self._describe(name)}: {message}" for message in field_errors]
+        return errors
+
+    def _describe(self, name: str) -> str:
+        if name.startswith("limits."):
+            scope, _, limit = name.removeprefix("limits.").partition(".")
+            what = "Key-wide" if scope == ALL_SERVICES else scope
+            return f"{what} {limit.replace('_', ' ')}"
+        return str(self.fields[name].label)

@@ -1,0 +1,242 @@
+"""The portal's API keys page: list, create, revoke, rotate.
+
+Members of a key's lab see it; its creator and the lab's owners and admins revoke and rotate it
+(others get 403, outsiders 404). A full key is rendered once, in the response to the POST that
+made it, with no-store caching; it is never put in the session, a message or a URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.http import require_http_methods
+
+from accounts.models import User
+from core.money import CENT
+from keys import selectors, services
+from keys.errors import KeyNotFoundError, KeySettingsError
+from keys.forms import KeyCreateForm
+from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
+from keys.selectors import KeyUsage
+
+PAGE_SIZE = 50
+USED_SINCE = {
+    "": "in total",
+    CreditPeriod.DAILY: "today (UTC)",
+    CreditPeriod.WEEKLY: "this week",
+    CreditPeriod.MONTHLY: "this month",
+}
+
+
+def credits_display(amount: Decimal) -> str:
+    """Two decimals, or as many as the amount has (up to six): 1.50, 0.000123."""
+    if amount == amount.quantize(CENT):
+        return str(amount.quantize(CENT))
+    return f"{amount.normalize():f}"
+
+
+def duration_display(seconds: int) -> str:
+    """The grace period in words: 24 hours, 90 minutes, 45 seconds."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0 and (unit != "day" or seconds > 2 * 86400):
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+@dataclass
+class LimitLine:
+    scope: str  # "All services" or a slug
+    requests_per_minute: int | None
+    units_per_minute: int | None
+
+
+@dataclass
+class KeyRow:
+    key: ApiKey
+    status: str
+    usage: KeyUsage
+    charged: str
+    limits: list[LimitLine]
+    cap: str | None  # "5.00 monthly, 1.25 used this month"
+    grace_until: datetime | None  # the previous secret still works until then
+    can_manage: bool
+
+
+def _cap_text(key: ApiKey, now: datetime) -> str | None:
+    if key.credit_limit is None:
+        return None
+    period = f" {key.get_credit_limit_period_display().lower()}" if key.credit_limit_period else ""
+    used = credits_display(selectors.key_credit_used(key, now))
+    return (
+        f"{credits_display(key.credit_limit)}{period}, "
+        f"{used} used {USED_SINCE[key.credit_limit_period]}"
+    )
+
+
+def _limit_lines(key: ApiKey) -> list[LimitLine]:
+    own = selectors.key_limits(key)
+    lines = []
+    for scope in sorted(own, key=lambda scope: (scope != ALL_SERVICES, scope)):
+        values = own[scope]
+        lines.append(
+            LimitLine(
+                scope="All services" if scope == ALL_SERVICES else scope,
+                requests_per_minute=values["requests_per_minute"],
+                units_per_minute=values["units_per_minute"],
+            )
+        )
+    return lines
+
+
+def _rows(user: User, keys: list[ApiKey]) -> list[KeyRow]:
+    now = timezone.now()
+    usage = selectors.key_usage_this_month([key.pk for key in keys], now=now)
+    manageable = selectors.keys_manageable(user=user, keys=keys)
+    rows = []
+    for key in keys:
+        in_grace = key.previous_valid_until is not None and key.previous_valid_until > now
+        rows.append(
+            KeyRow(
+                key=key,
+                status=selectors.key_status(key, now),
+                usage=usage[key.pk],
+                charged=credits_display(usage[key.pk].charged),
+                limits=_limit_lines(key),
+                cap=_cap_text(key, now),
+                grace_until=key.previous_valid_until if in_grace else None,
+                can_manage=key.pk in manageable,
+            )
+        )
+    return rows
+
+
+@login_required
+def key_list(request: HttpRequest) -> HttpResponse:
+    keys = (
+        selectors.key_list(actor=request.user)
+        .select_related("created_by_token")
+        .prefetch_related("limits")
+    )
+    page = Paginator(keys, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "rows": _rows(request.user, list(page.object_list)),
+    }
+    return render(request, "app/keys.html", context)
+
+
+def _render_form(request: HttpRequest, form: KeyCreateForm, status: int = 200) -> HttpResponse:
+    return render(request, "app/keys_new.html", {"form": form}, status=status)
+
+
+def _render_secret(
+    request: HttpRequest, key: ApiKey, full_key: str, *, rotated: bool
+) -> HttpResponse:
+    """The one time the full key is shown. No redirect: it lives in this response only."""
+    response = render(
+        request,
+        "app/keys_secret.html",
+        {
+            "key": key,
+            "full_key": full_key,
+            "rotated": rotated,
+            "grace": duration_display(settings.API_KEY_ROTATION_GRACE_SECONDS),
+        },
+        status=201 if not rotated else 200,
+    )
+    add_never_cache_headers(response)
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_new(request: HttpRequest) -> HttpResponse:
+    authorizable = dict(sorted(services.authorizable_services().items()))
+    if request.method != "POST":
+        return _render_form(request, KeyCreateForm(user=request.user, authorizable=authorizable))
+    form = KeyCreateForm(request.POST, user=request.user, authorizable=authorizable)
+    if not form.is_valid():
+        return _render_form(request, form, status=400)
+    try:
+        key, full_key = services.key_create(
+            project=form.cleaned_data["project"],
+            name=form.cleaned_data["name"],
+            key_settings=form.key_settings,
+            created_by=request.user,
+        )
+    except KeySettingsError as exc:
+        form.add_settings_errors(exc)
+        return _render_form(request, form, status=400)
+    return _render_secret(request, key, full_key, rotated=False)
+
+
+def _managed_key(request: HttpRequest, key_id: Any) -> ApiKey:
+    """The key if the user may revoke and rotate it: 404 when it is not theirs to see, 403
+    when they see it but neither made it nor run its lab."""
+    try:
+        key = selectors.key_get(actor=request.user, key_uuid=key_id)
+    except KeyNotFoundError as exc:
+        raise Http404("API key not found") from exc
+    if not selectors.key_can_manage(user=request.user, key=key):
+        raise PermissionDenied("Only the key's creator and the lab's owners and admins may.")
+    return key
+
+
+def _confirm(request: HttpRequest, key: ApiKey, action: str) -> HttpResponse:
+    context = {
+        "key": key,
+        "action": action,
+        "status": selectors.key_status(key, timezone.now()),
+        "grace": duration_display(settings.API_KEY_ROTATION_GRACE_SECONDS),
+    }
+    return render(request, "app/keys_confirm.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_revoke(request: HttpRequest, key_id: Any) -> HttpResponse:
+    """GET: the confirmation; POST: revoke (refused from the next authorize on)."""
+    key = _managed_key(request, key_id)
+    if request.method != "POST":
+        if key.is_revoked:
+            messages.info(request, f"{key.name} is already revoked.")
+            return redirect("key_list")
+        return _confirm(request, key, "revoke")
+    if key.is_revoked:
+        messages.info(request, f"{key.name} was already revoked.")
+    else:
+        services.key_revoke(key=key, by=request.user)
+        messages.success(request, f"Revoked {key.name} ({key.masked}).")
+    return redirect("key_list")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_rotate(request: HttpRequest, key_id: Any) -> HttpResponse:
+    """GET: the confirmation; POST: a new secret, shown once; the old one keeps working for
+    the grace period."""
+    key = _managed_key(request, key_id)
+    status = selectors.key_status(key, timezone.now())
+    if status != "active":
+        messages.error(request, f"{key.name} is {status}: no rotation.")
+        return redirect("key_list")
+    if request.method != "POST":
+        return _confirm(request, key, "rotate")
+    try:
+        key, full_key = services.key_rotate(key=key)
+    except KeySettingsError as exc:  # revoked since the check above
+        messages.error(request, exc.message)
+        return redirect("key_list")
+    return _render_secret(request, key, full_key, rotated=True)

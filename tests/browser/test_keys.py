@@ -1,0 +1,88 @@
+"""The API keys page in Chromium: create a key with a service limit, copy it once, find it in the
+list by its prefix, revoke it."""
+
+from decimal import Decimal
+
+import pytest
+
+from keys.models import ApiKey
+from metering.cost import Tier
+from tests.browser.test_lab_budget import sign_in
+from tests.metering.test_reservations import priced_service
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def llm(cast):
+    service = priced_service("ml-llm", tiers=[Tier(0, None, Decimal(0), Decimal("0.01"))])
+    service.key_requests_per_minute = 100
+    service.save()
+    return service
+
+
+def test_a_member_creates_copies_finds_and_revokes_a_key(page, live_server, cast, llm):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    sign_in(page, live_server, "bob@example.com")
+    page.get_by_role("link", name="API keys").first.click()
+    page.wait_for_url("**/app/keys/")
+    assert page.get_by_text("No keys yet.").is_visible()
+
+    page.get_by_role("button", name="New key").click()
+    page.fill("input[name=name]", "Browser gateway")
+    page.select_option("select[name=project]", label="Alice Lab / Beta")
+    page.get_by_label("Only the services checked below").check()
+    page.get_by_label("Allow ml-llm").check()
+    assert page.get_by_text("default and max 100").is_visible()
+    page.fill("input[name='limits.ml-llm.requests_per_minute']", "150")  # looser than the default
+    page.get_by_role("button", name="Create key").click()
+    assert (
+        page.get_by_role("alert").inner_text().startswith("ml-llm requests per minute: At most 100")
+    )
+    assert ApiKey.objects.count() == 0
+
+    page.fill("input[name='limits.ml-llm.requests_per_minute']", "25")
+    page.get_by_role("button", name="Create key").click()
+    full_key = page.get_by_test_id("full-key").input_value()
+    key = ApiKey.objects.get()
+    assert full_key.startswith(f"sk_{key.lookup_id}_")
+    assert "it will not be shown again" in page.get_by_test_id("key-once-warning").inner_text()
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("status").get_by_text("Copied.").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == full_key
+
+    page.get_by_role("button", name="Back to API keys").click()
+    page.wait_for_url("**/app/keys/")
+    row = page.locator(f"article[data-key='{key.uuid}']")
+    assert row.get_by_test_id("key-prefix").inner_text() == f"sk_{key.lookup_id}_…"
+    assert "Alice Lab / Beta" in row.inner_text()
+    assert "ml-llm: 25 req/min" in row.inner_text()
+    assert "Services: ml-llm" in row.inner_text()
+    assert row.get_by_test_id("key-status").inner_text() == "active"
+    assert full_key not in page.content()
+
+    row.get_by_role("link", name="Revoke").click()
+    page.get_by_role("button", name="Revoke key").click()
+    page.wait_for_url("**/app/keys/")
+    assert page.get_by_text(f"Revoked Browser gateway (sk_{key.lookup_id}_…).").is_visible()
+    row = page.locator(f"article[data-key='{key.uuid}']")
+    assert row.get_by_test_id("key-status").inner_text() == "revoked"
+    assert row.get_by_role("link", name="Revoke").count() == 0
+    key.refresh_from_db()
+    assert key.revoked_by == cast.bob
+
+
+def test_copy_falls_back_to_selecting_the_key_without_the_clipboard_api(page, live_server, cast):
+    page.add_init_script("Object.defineProperty(navigator, 'clipboard', {value: undefined})")
+    sign_in(page, live_server, "alice@example.com")
+    page.goto(f"{live_server.url}/app/keys/new/")
+    page.fill("input[name=name]", "Fallback")
+    page.get_by_role("button", name="Create key").click()
+    key = page.get_by_test_id("full-key")
+    assert key.input_value().startswith("sk_")
+    page.get_by_role("button", name="Copy").click()
+    status = page.get_by_role("status")
+    page.wait_for_function("document.querySelector('[data-copy-status]').textContent !== ''")
+    assert status.inner_text() in ("Copied.", "Selected: press Ctrl+C (⌘C on a Mac) to copy.")
+    selected = key.evaluate("input => input.value.slice(input.selectionStart, input.selectionEnd)")
+    assert selected == key.input_value()  # the whole key, ready for Ctrl+C
