@@ -15,15 +15,22 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.admin import LabAdmin
 from accounts.models import Lab
-from billing import selectors, services
+from billing import selectors, services, topups
+from billing.currency import amount_format
+from billing.errors import PaymentProviderError, TopUpError
 from billing.forms import CreditsFormField
 from billing.models import (
+    AutoRecharge,
     Grant,
     GrantCategory,
     GrantSource,
     JournalEntry,
     JournalLine,
+    LabDebt,
     LedgerAccount,
+    StripeCustomer,
+    StripeEvent,
+    TopUp,
 )
 
 
@@ -242,3 +249,127 @@ class LedgerAccountAdmin(ReadOnlyAdmin):
     list_filter = ["type"]
     search_fields = ["name", "lab__name", "lab__uuid", "project__uuid"]
     list_select_related = ["lab", "project"]
+
+
+# Stripe top-ups ------------------------------------------------------------------------------
+
+
+class RefundForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}))
+
+
+@admin.register(TopUp)
+class TopUpAdmin(admin.ModelAdmin):
+    """Read-only rows; the one operator action on them is the refund (needs change rights)."""
+
+    list_display = [
+        "uuid",
+        "lab",
+        "kind",
+        "status",
+        "amount_display",
+        "credits",
+        "refunded_display",
+        "created_at",
+        "paid_at",
+    ]
+    list_filter = ["status", "kind", ("lab", admin.RelatedOnlyFieldListFilter), "created_at"]
+    date_hierarchy = "created_at"
+    search_fields = [
+        "uuid",
+        "lab__name",
+        "lab__uuid",
+        "stripe_session_id",
+        "stripe_payment_intent_id",
+        "stripe_charge_id",
+        "created_by__email",
+    ]
+    list_select_related = ["lab"]
+    actions = ["refund"]
+
+    @admin.display(description="Paid")
+    def amount_display(self, topup: TopUp) -> str:
+        return amount_format(topup.amount_minor, currency=topup.currency)
+
+    @admin.display(description="Refunded")
+    def refunded_display(self, topup: TopUp) -> str:
+        if not topup.refunded_minor:
+            return "—"
+        return amount_format(topup.refunded_minor, currency=topup.currency)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [field.name for field in TopUp._meta.fields]
+
+    def save_model(self, request: HttpRequest, obj: TopUp, form: Any, change: bool) -> None:
+        pass  # only Stripe's events change a top-up
+
+    @admin.action(
+        description="Refund selected top-ups at Stripe (credits go back when Stripe confirms)",
+        permissions=["change"],
+    )
+    def refund(self, request: HttpRequest, queryset: QuerySet[TopUp]) -> HttpResponse | None:
+        form = RefundForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(
+                request,
+                "admin/billing/topup/refund.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "topups": queryset,
+                    "form": form,
+                    "opts": self.model._meta,
+                    "title": "Refund top-ups",
+                },
+            )
+        done = 0
+        for topup in queryset:
+            try:
+                asked = topups.topup_refund_request(topup=topup)
+            except (TopUpError, PaymentProviderError) as exc:
+                self.message_user(request, f"{topup.uuid}: {exc.message}", messages.ERROR)
+                continue
+            paid = amount_format(asked, currency=topup.currency)
+            self.log_change(
+                request, topup, f"Refund of {paid} asked at Stripe: {form.cleaned_data['reason']}"
+            )
+            done += 1
+        if done:
+            self.message_user(
+                request,
+                f"Asked Stripe to refund {done} top-up(s); their credits go back when Stripe "
+                "confirms the refund.",
+                messages.SUCCESS,
+            )
+        return None
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ["event_id", "type", "topup", "received_at"]
+    list_filter = ["type", "received_at"]
+    search_fields = ["event_id", "topup__uuid"]
+
+
+@admin.register(AutoRecharge)
+class AutoRechargeAdmin(ReadOnlyAdmin):
+    list_display = ["lab", "enabled", "threshold", "amount_minor", "consecutive_failures"]
+    list_filter = ["enabled"]
+    search_fields = ["lab__name", "lab__uuid"]
+
+
+@admin.register(LabDebt)
+class LabDebtAdmin(ReadOnlyAdmin):
+    list_display = ["lab", "amount", "repaid", "reason", "topup", "created_at"]
+    search_fields = ["lab__name", "lab__uuid", "topup__uuid"]
+
+
+@admin.register(StripeCustomer)
+class StripeCustomerAdmin(ReadOnlyAdmin):
+    list_display = ["lab", "customer_id", "payment_method_label"]
+    search_fields = ["lab__name", "customer_id"]

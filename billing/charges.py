@@ -25,8 +25,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import Project, ServiceToken, User
+from billing import recharge_trigger
 from billing.errors import InsufficientFundsError
-from billing.ledger import LEGS_APPLIED, Actor, Leg
+from billing.ledger import LEGS_APPLIED, AccountRef, Actor, Leg
 from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine
 from billing.services import system_account_get_or_create
 from core.db import execute_prepared
@@ -199,7 +200,9 @@ def usage_charges_post(*, orders: Sequence[ChargeOrder], actor: Actor = None) ->
     if len(jobs) != len(set(jobs)):
         raise ValueError("one order per job in a batch: its hold is taken and released once")
     with transaction.atomic(savepoint=False):
-        return _charges_post(orders, actor)
+        results = _charges_post(orders, actor)
+        recharge_trigger.debited(AccountRef(AccountType.PROJECT, o.project_id) for o in orders)
+        return results
 
 
 def _charges_post(orders: Sequence[ChargeOrder], actor: Actor) -> list[ChargeResult]:

@@ -38,3 +38,27 @@ class IdempotencyConflictError(ApiError):
     status_code = status.HTTP_409_CONFLICT
     error_code = "IDEMPOTENCY_CONFLICT"
     default_message = "This idempotency key was already used for a different request"
+
+
+class PaymentProviderError(ApiError):
+    """Stripe could not be reached or refused a call (billing/stripe_gateway.py)."""
+
+    status_code = status.HTTP_502_BAD_GATEWAY
+    error_code = "PAYMENT_PROVIDER_ERROR"
+    default_message = "The payment provider could not complete the request; try again later"
+
+
+class PaymentDeclinedError(PaymentProviderError):
+    """The card or bank refused an off-session payment."""
+
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    error_code = "PAYMENT_DECLINED"
+    default_message = "The payment was declined"
+
+
+class TopUpError(InvalidRequestError):
+    """A top-up or auto-recharge request that breaks a rule (amount, target, state)."""
+
+
+class TopUpNotFoundError(NotFoundError):
+    default_message = "Top-up not found"

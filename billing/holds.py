@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from accounts.models import Project
+from billing import recharge_trigger
 from billing.ledger import Actor, TransferPlan, project_ref, reservation_ref, transfer_plan
 from billing.models import EntryType
 from core.db import Params
@@ -32,6 +33,7 @@ class HoldPlan:
         locked, wrote = results
         if self.transfer.written(locked, wrote) is None:
             return False
+        recharge_trigger.debited(self.transfer.refs[:1])
         return True
 
 

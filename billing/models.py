@@ -6,6 +6,7 @@ Only billing/services.py writes these tables; everything else reads through bill
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
@@ -14,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken
+from billing.currency import from_minor
 from core.models import TimeStampedModel
 from core.money import MONEY_FIELD
 
@@ -155,6 +157,9 @@ class EntryType(models.TextChoices):
     REFUND = "refund", "Refund"
     EXPIRE = "expire", "Expire grant"
     VOID = "void", "Void grant"
+    # Stripe refunds and disputes take a paid grant's credits back; a later top-up repays a debt.
+    CHARGEBACK = "chargeback", "Refund or dispute"
+    DEBT = "debt", "Debt repayment"
 
 
 class JournalEntry(models.Model):
@@ -256,3 +261,197 @@ class GrantBalance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.balance} of grant {self.grant_id} on account {self.account_id}"
+
+
+# Stripe top-ups (billing/topups.py, billing/stripe_events.py) ----------------------------------
+
+
+class TopUpKind(models.TextChoices):
+    CHECKOUT = "checkout", "Checkout"
+    AUTO = "auto", "Auto-recharge"
+
+
+class TopUpStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PAID = "paid", "Paid"
+    FAILED = "failed", "Failed"
+    EXPIRED = "expired", "Expired"
+    REFUNDED = "refunded", "Refunded"
+
+
+# Statuses of a top-up whose credits were granted.
+CREDITED_STATUSES = [TopUpStatus.PAID, TopUpStatus.REFUNDED]
+
+
+class StripeCustomer(TimeStampedModel):
+    """A lab's one Stripe customer, created once and reused, and the payment method a Checkout
+    saved for auto-recharge."""
+
+    lab = models.OneToOneField(Lab, on_delete=models.PROTECT, related_name="stripe_customer")
+    customer_id = models.CharField(max_length=255, unique=True)
+    payment_method_id = models.CharField(max_length=255, blank=True)
+    payment_method_label = models.CharField(max_length=100, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} ({self.lab})"
+
+
+class TopUp(TimeStampedModel):
+    """One attempt to buy credits. Its uuid derives the idempotency key of every Stripe call
+    made for it; the grant it paid for is created once, when Stripe says it is paid."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="topups")
+    # Credits go straight to this project's budget; none: to the lab's balance.
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=TopUpKind.choices)
+    status = models.CharField(
+        max_length=16, choices=TopUpStatus.choices, default=TopUpStatus.PENDING
+    )
+    currency = models.CharField(max_length=3)
+    amount_minor = models.PositiveBigIntegerField()  # what the payer pays, in minor units
+    credits = models.DecimalField(**MONEY_FIELD)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    save_payment_method = models.BooleanField(default=False)
+    stripe_session_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    stripe_charge_id = models.CharField(max_length=255, blank=True)
+    stripe_invoice_id = models.CharField(max_length=255, blank=True)
+    checkout_url = models.URLField(max_length=2000, blank=True)
+    receipt_url = models.URLField(max_length=2000, blank=True)
+    invoice_url = models.URLField(max_length=2000, blank=True)
+    grant = models.OneToOneField(
+        Grant, null=True, blank=True, on_delete=models.PROTECT, related_name="topup"
+    )
+    paid_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    failure_message = models.TextField(blank=True)
+    # As Stripe reports them (cumulative): what was refunded and disputed of the payment.
+    refunded_minor = models.PositiveBigIntegerField(default=0)
+    disputed_minor = models.PositiveBigIntegerField(default=0)
+    dispute_id = models.CharField(max_length=255, blank=True)
+    dispute_reason = models.CharField(max_length=100, blank=True)
+    # Credits taken back for refunds and disputes: from the grant, or recorded as a debt.
+    credits_taken_back = models.DecimalField(default=0, **MONEY_FIELD)
+    receipt_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=TopUpStatus.values), name="topup_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(kind__in=TopUpKind.values), name="topup_kind_valid"),
+            models.CheckConstraint(
+                condition=Q(amount_minor__gt=0, credits__gt=0), name="topup_amount_positive"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status__in=CREDITED_STATUSES) | Q(grant__isnull=False),
+                name="topup_credited_has_grant",
+            ),
+            models.CheckConstraint(
+                condition=Q(credits_taken_back__gte=0, credits_taken_back__lte=models.F("credits")),
+                name="topup_taken_back_within_credits",
+            ),
+            # At most one auto-recharge payment in flight per lab.
+            models.UniqueConstraint(
+                fields=["lab"],
+                condition=Q(kind="auto", status="pending"),
+                name="topup_one_auto_recharge_in_flight",
+            ),
+        ]
+        indexes = [
+            # topup_list: a lab's top-ups, newest first.
+            models.Index(fields=["lab", "-created_at"], name="topup_lab_history"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Top-up {self.uuid} ({self.lab}, {self.status})"
+
+    @property
+    def amount(self) -> Decimal:
+        """What the payer pays, in the currency's units (25.00)."""
+        return from_minor(self.amount_minor, currency=self.currency)
+
+
+class StripeEvent(models.Model):
+    """A Stripe event we acted on, recorded in the transaction of its effect: a replay finds it
+    and does nothing."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    topup = models.ForeignKey(
+        TopUp, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class AutoRecharge(TimeStampedModel):
+    """A lab's auto-recharge: when a debit takes the target's balance (the lab's own, or one
+    project's budget) under `threshold` credits, pay `amount_minor` with the saved card, at most
+    `monthly_cap_minor` a calendar month (UTC)."""
+
+    lab = models.OneToOneField(Lab, on_delete=models.PROTECT, related_name="auto_recharge")
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    enabled = models.BooleanField(default=False)
+    threshold = models.DecimalField(**MONEY_FIELD)
+    currency = models.CharField(max_length=3)
+    amount_minor = models.PositiveBigIntegerField()
+    monthly_cap_minor = models.PositiveBigIntegerField()
+    consecutive_failures = models.PositiveSmallIntegerField(default=0)
+    disabled_reason = models.TextField(blank=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(threshold__gte=0), name="auto_recharge_threshold"),
+            models.CheckConstraint(
+                condition=Q(amount_minor__gt=0, monthly_cap_minor__gte=models.F("amount_minor")),
+                name="auto_recharge_cap_covers_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Auto-recharge of {self.lab} ({'on' if self.enabled else 'off'})"
+
+
+class LabDebt(TimeStampedModel):
+    """Credits a lab owes: a refund or dispute took back more than was left of its grant. The
+    lab's next paid top-ups repay it first (billing/topups.py)."""
+
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="debts")
+    topup = models.ForeignKey(TopUp, on_delete=models.PROTECT, related_name="debts")
+    amount = models.DecimalField(**MONEY_FIELD)
+    repaid = models.DecimalField(default=0, **MONEY_FIELD)
+    reason = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__gt=0, repaid__gte=0, repaid__lte=models.F("amount")),
+                name="lab_debt_repaid_within_amount",
+            ),
+        ]
+        indexes = [
+            # debts_repay: a lab's open debts, oldest first.
+            models.Index(
+                fields=["lab", "created_at"],
+                condition=Q(repaid__lt=models.F("amount")),
+                name="lab_debt_open",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Debt of {self.lab}: {self.amount - self.repaid} of {self.amount}"

@@ -9,14 +9,23 @@ from decimal import Decimal
 
 from django.core.paginator import Page, Paginator
 from django.db import connection
-from django.db.models import DecimalField, Q, QuerySet, Sum, Value
+from django.db.models import DecimalField, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts import selectors as account_selectors
 from accounts.models import Lab, Project
 from accounts.selectors import Actor
-from billing.models import AccountType, Grant, GrantBalance, JournalLine, LedgerAccount
+from billing.errors import TopUpNotFoundError
+from billing.models import (
+    AccountType,
+    Grant,
+    GrantBalance,
+    JournalLine,
+    LabDebt,
+    LedgerAccount,
+    TopUp,
+)
 
 ZERO = Decimal(0)
 
@@ -204,3 +213,32 @@ def charges_by_hour(*, start: datetime, end: datetime) -> list[ChargeSum]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [start, end])
         return [ChargeSum(*row) for row in cursor.fetchall()]
+
+
+# Top-ups ---------------------------------------------------------------------------------------
+
+
+def topup_list(*, actor: Actor, lab: Lab, limit: int = 50) -> list[TopUp]:
+    """A lab's top-ups, newest first (index topup_lab_history)."""
+    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
+    rows = TopUp.objects.filter(lab=lab).select_related("project", "created_by")
+    return list(rows.order_by("-created_at", "-id")[:limit])
+
+
+def topup_get(*, actor: Actor, lab: Lab, topup_uuid: uuid_lib.UUID | str) -> TopUp:
+    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
+    topup = TopUp.objects.select_related("lab", "project", "created_by").filter(
+        lab=lab, uuid=topup_uuid
+    )
+    found = topup.first()
+    if found is None:
+        raise TopUpNotFoundError()
+    return found
+
+
+def lab_debt(*, lab: Lab) -> Decimal:
+    """What the lab still owes after refunds and disputes (index lab_debt_open)."""
+    total = LabDebt.objects.filter(lab=lab, repaid__lt=F("amount")).aggregate(
+        total=Sum(F("amount") - F("repaid"))
+    )["total"]
+    return total or ZERO

@@ -18,6 +18,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import Lab, Project, User
+from billing import recharge_trigger
 from billing.errors import (
     BudgetError,
     GrantNotExpiredError,
@@ -309,6 +310,7 @@ def _transfer(
     )
     if entry is None:
         raise shortfall()
+    recharge_trigger.debited((debit,))
     return entry
 
 

@@ -1,11 +1,18 @@
-"""Celery tasks of billing: thin, each calls one function of billing/sweeps.py."""
+"""Celery tasks of billing: thin, each calls one function."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from billing import sweeps
+from billing import auto_recharge, receipts, sweeps
+from billing.errors import PaymentProviderError
 from core.tasks import RETRY_ON_DB_ERRORS
+
+# Stripe unreachable or a database hiccup: try again later; every Stripe write is idempotent.
+RETRY_ON_PROVIDER_ERRORS = {
+    **RETRY_ON_DB_ERRORS,
+    "autoretry_for": (*RETRY_ON_DB_ERRORS["autoretry_for"], PaymentProviderError),
+}
 
 
 @shared_task(name="billing.grants_expire", **RETRY_ON_DB_ERRORS)
@@ -16,3 +23,23 @@ def grants_expire() -> int:
 @shared_task(name="billing.ledger_audit")
 def ledger_audit() -> int:
     return len(sweeps.ledger_audit_report())
+
+
+@shared_task(name="billing.topup_receipt_send", **RETRY_ON_PROVIDER_ERRORS)
+def topup_receipt_send(topup_id: int) -> bool:
+    return receipts.receipt_send(topup_id=topup_id)
+
+
+@shared_task(name="billing.auto_recharge_pay", **RETRY_ON_PROVIDER_ERRORS)
+def auto_recharge_pay(topup_id: int) -> str | None:
+    return auto_recharge.recharge_pay(topup_id=topup_id)
+
+
+@shared_task(name="billing.auto_recharge_disabled_mail", **RETRY_ON_DB_ERRORS)
+def auto_recharge_disabled_mail(setting_id: int) -> bool:
+    return receipts.auto_recharge_disabled_send(setting_id=setting_id)
+
+
+@shared_task(name="billing.auto_recharge_sweep", **RETRY_ON_DB_ERRORS)
+def auto_recharge_sweep() -> int:
+    return auto_recharge.auto_recharge_sweep()

@@ -45,6 +45,10 @@ def beat_schedule(env: environ.Env) -> dict[str, dict[str, Any]]:
             "task": "metering.usage_rollup",
             "schedule": env.int("USAGE_ROLLUP_PERIOD", default=60),
         },
+        "auto-recharge-sweep": {
+            "task": "billing.auto_recharge_sweep",
+            "schedule": env.int("AUTO_RECHARGE_SWEEP_PERIOD", default=60),
+        },
         "ledger-audit": {
             "task": "billing.ledger_audit",
             "schedule": env.int("LEDGER_AUDIT_PERIOD", default=86400),

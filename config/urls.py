@@ -13,6 +13,7 @@ urlpatterns = [
     path("app/", include("billing.urls")),
     path("app/", include("keys.urls")),
     path("", include("metering.urls")),
+    path("billing/", include("billing.stripe_urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),

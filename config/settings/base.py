@@ -208,6 +208,26 @@ RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS",
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+# Without STRIPE_SECRET_KEY, a local test-mode checkout page "pays" top-ups: credits for free,
+# so only where DEBUG is on (make run) unless this says otherwise.
+STRIPE_OFFLINE_TEST_MODE = env.bool("STRIPE_OFFLINE_TEST_MODE", default=DEBUG)
+# Top-ups (billing/topups.py): amounts are in TOPUP_CURRENCY (an ISO code Stripe accepts); one
+# unit of it buys CREDITS_PER_CURRENCY_UNIT credits. Presets are the form's quick amounts.
+TOPUP_CURRENCY = env.str("TOPUP_CURRENCY", default="usd").lower()
+TOPUP_MIN_AMOUNT = Decimal(env.str("TOPUP_MIN_AMOUNT", default="5"))
+TOPUP_MAX_AMOUNT = Decimal(env.str("TOPUP_MAX_AMOUNT", default="10000"))
+TOPUP_PRESET_AMOUNTS = [
+    Decimal(amount)
+    for amount in env.list("TOPUP_PRESET_AMOUNTS", default=["10", "25", "50", "100"])
+]
+CREDITS_PER_CURRENCY_UNIT = Decimal(env.str("CREDITS_PER_CURRENCY_UNIT", default="1"))
+# Links in receipt mails start with this (mails are sent by workers, which have no request).
+PORTAL_BASE_URL = env.str("PORTAL_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Auto-recharge switches itself off after this many failed payments in a row.
+AUTO_RECHARGE_MAX_FAILURES = env.int("AUTO_RECHARGE_MAX_FAILURES", default=3)
+# How long a process trusts its list of labs with auto-recharge on before reading it again (the
+# debit paths consult it without a query; the sweep catches what a stale list missed).
+AUTO_RECHARGE_TARGETS_TTL_SECONDS = env.int("AUTO_RECHARGE_TARGETS_TTL_SECONDS", default=10)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,214 @@
+"""Auto-recharge: pay with the saved card when a debit takes a lab's balance under a threshold.
+
+Started from billing/recharge_trigger.py after a debit commits, and by the sweep. At most one
+payment is in flight per lab: the check runs under the lab's setting row lock, and the database
+refuses a second pending auto-recharge top-up (a partial unique index). The payment itself is
+an off-session PaymentIntent created by a task after commit; its credits arrive only through
+the webhook, like every payment's.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.models import Lab, Project, User
+from billing import stripe_gateway, topups
+from billing.currency import from_minor, to_minor
+from billing.errors import PaymentDeclinedError, TopUpError
+from billing.models import (
+    AccountType,
+    AutoRecharge,
+    LedgerAccount,
+    StripeCustomer,
+    TopUp,
+    TopUpKind,
+    TopUpStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+# An auto-recharge payment not sent after this long is sent again (same idempotency key); one
+# never sent within a day is given up (Stripe forgets idempotency keys after 24 hours).
+RESEND_AFTER = timedelta(minutes=5)
+GIVE_UP_AFTER = timedelta(hours=23)
+
+
+@transaction.atomic
+def auto_recharge_set(
+    *,
+    lab: Lab,
+    actor: User,
+    enabled: bool,
+    threshold: Decimal,
+    amount: Decimal,
+    monthly_cap: Decimal,
+    project: Project | None = None,
+) -> AutoRecharge:
+    """Save a lab's auto-recharge. Switching it on needs a payment method saved during a
+    Checkout; it also clears the failure count."""
+    topups.amount_check(amount)
+    if project is not None and project.lab_id != lab.pk:
+        raise TopUpError("The project doesn't belong to the lab")
+    if threshold < 0:
+        raise TopUpError("The threshold cannot be negative")
+    if monthly_cap < amount:
+        raise TopUpError("The monthly cap must be at least the recharge amount")
+    customer = StripeCustomer.objects.filter(lab=lab).first()
+    if enabled and (customer is None or not customer.payment_method_id):
+        raise TopUpError(
+            "Save a payment method first: top up once with “save for auto-recharge” ticked"
+        )
+    currency = settings.TOPUP_CURRENCY
+    setting, _ = AutoRecharge.objects.select_for_update().update_or_create(
+        lab=lab,
+        defaults={
+            "project": project,
+            "enabled": enabled,
+            "threshold": threshold,
+            "currency": currency,
+            "amount_minor": to_minor(amount, currency=currency),
+            "monthly_cap_minor": to_minor(monthly_cap, currency=currency),
+            "updated_by": actor,
+            **({"consecutive_failures": 0, "disabled_reason": ""} if enabled else {}),
+        },
+    )
+    from billing import recharge_trigger
+
+    transaction.on_commit(recharge_trigger.targets_forget)
+    if enabled:
+        transaction.on_commit(lambda: recharge_start(setting_id=setting.pk))
+    return setting
+
+
+def _target_balance(setting: AutoRecharge) -> Decimal | None:
+    if setting.project_id:
+        where = {"type": AccountType.PROJECT, "project_id": setting.project_id}
+    else:
+        where = {"type": AccountType.LAB, "lab_id": setting.lab_id}
+    return LedgerAccount.objects.filter(**where).values_list("balance", flat=True).first()
+
+
+def month_spent_minor(lab: Lab, *, now: datetime | None = None) -> int:
+    """What auto-recharge paid or is paying this calendar month (UTC)."""
+    start = (now or timezone.now()).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    spent = TopUp.objects.filter(
+        lab=lab,
+        kind=TopUpKind.AUTO,
+        created_at__gte=start,
+        status__in=[TopUpStatus.PENDING, TopUpStatus.PAID, TopUpStatus.REFUNDED],
+    ).aggregate(total=Sum("amount_minor"))["total"]
+    return spent or 0
+
+
+def recharge_start(*, setting_id: int) -> TopUp | None:
+    """If the target's balance is under the threshold, no payment is in flight and the monthly
+    cap allows it: a pending auto-recharge top-up, and its payment task after commit."""
+    with transaction.atomic():
+        setting = (
+            AutoRecharge.objects.select_for_update(of=("self",))
+            .select_related("lab", "project")
+            .filter(pk=setting_id, enabled=True)
+            .first()
+        )
+        if setting is None:
+            return None
+        balance = _target_balance(setting)
+        if balance is None or balance >= setting.threshold:
+            return None
+        if TopUp.objects.filter(
+            lab=setting.lab, kind=TopUpKind.AUTO, status=TopUpStatus.PENDING
+        ).exists():
+            return None
+        if month_spent_minor(setting.lab) + setting.amount_minor > setting.monthly_cap_minor:
+            logger.info("auto-recharge of lab %s: monthly cap reached", setting.lab.uuid)
+            return None
+        topup = topups.topup_create(
+            lab=setting.lab,
+            project=setting.project,
+            amount=_amount(setting),
+            actor=None,
+            kind=TopUpKind.AUTO,
+        )
+        from billing import tasks
+
+        transaction.on_commit(lambda: tasks.auto_recharge_pay.delay(topup.pk))
+    logger.info("auto-recharge of lab %s started: top-up %s", setting.lab.uuid, topup.uuid)
+    return topup
+
+
+def _amount(setting: AutoRecharge) -> Decimal:
+    return from_minor(setting.amount_minor, currency=setting.currency)
+
+
+def recharge_pay(*, topup_id: int) -> str | None:
+    """Send a pending auto-recharge top-up's payment to Stripe (no transaction is open). Safe
+    to run twice: the idempotency key makes a second send the same PaymentIntent. A decline
+    fails the top-up at once; success is credited when the webhook says so."""
+    topup = TopUp.objects.select_related("lab", "project").filter(pk=topup_id).first()
+    if topup is None or topup.status != TopUpStatus.PENDING or topup.kind != TopUpKind.AUTO:
+        return None
+    customer = StripeCustomer.objects.filter(lab=topup.lab).first()
+    if customer is None or not customer.payment_method_id:
+        _fail(topup.pk, "No saved payment method", None)
+        return None
+    try:
+        intent_id = stripe_gateway.off_session_payment_create(
+            topup_uuid=str(topup.uuid),
+            lab_uuid=str(topup.lab.uuid),
+            customer_id=customer.customer_id,
+            payment_method_id=customer.payment_method_id,
+            currency=topup.currency,
+            amount_minor=topup.amount_minor,
+            description=f"Auto-recharge: {topup.credits.normalize():f} credits",
+            idempotency_key=topups.idempotency_key(topup, "auto-recharge"),
+        )
+    except PaymentDeclinedError as exc:
+        _fail(topup.pk, exc.message, (exc.details or {}).get("payment_intent"))
+        return None
+    TopUp.objects.filter(pk=topup.pk, stripe_payment_intent_id__isnull=True).update(
+        stripe_payment_intent_id=intent_id, updated_at=timezone.now()
+    )
+    if stripe_gateway.offline():
+        from billing import test_mode
+
+        topup.refresh_from_db()
+        test_mode.payment_succeeded(topup=topup)
+    return intent_id
+
+
+@transaction.atomic
+def _fail(topup_id: int, message: str, intent_id: str | None) -> None:
+    topup = TopUp.objects.select_for_update(of=("self",)).select_related("lab").get(pk=topup_id)
+    if intent_id and not topup.stripe_payment_intent_id:
+        topup.stripe_payment_intent_id = intent_id
+    topups.topup_fail(topup=topup, message=message)
+
+
+def auto_recharge_sweep(*, now: datetime | None = None) -> int:
+    """Check every lab with auto-recharge on (a debit may have been missed by a stale list),
+    send payments that a killed task never sent, give up on those a day old. Returns how many
+    recharges it started or resent."""
+    now = now or timezone.now()
+    started = 0
+    for setting_id in AutoRecharge.objects.filter(enabled=True).values_list("pk", flat=True):
+        started += recharge_start(setting_id=setting_id) is not None
+    unsent = TopUp.objects.filter(
+        kind=TopUpKind.AUTO,
+        status=TopUpStatus.PENDING,
+        stripe_payment_intent_id__isnull=True,
+        created_at__lte=now - RESEND_AFTER,
+    ).values_list("pk", "created_at")
+    for topup_id, created_at in unsent:
+        if created_at <= now - GIVE_UP_AFTER:
+            _fail(topup_id, "The payment could not be sent", None)
+        else:
+            recharge_pay(topup_id=topup_id)
+            started += 1
+    return started

@@ -1,0 +1,358 @@
+"""Top-ups: what a payment does to the ledger, and starting a Checkout.
+
+A top-up row is written (pending) and committed before Stripe hears of it; its uuid derives the
+idempotency key of every Stripe call for it. Credits enter only when Stripe says the payment
+succeeded (billing/stripe_events.py calls `topup_credit` under the top-up's row lock), as one
+paid grant through billing.services; refunds and disputes take them back (`topup_take_back`).
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Lab, Project, Role, User
+from billing import services, stripe_gateway
+from billing.currency import amount_format, credits_for_minor, from_minor, to_minor
+from billing.errors import TopUpError
+from billing.ledger import SYSTEM, Leg, accounts_lock, entry_post, lab_ref, project_ref
+from billing.models import (
+    CREDITED_STATUSES,
+    AutoRecharge,
+    EntryType,
+    Grant,
+    GrantBalance,
+    GrantSource,
+    LabDebt,
+    StripeCustomer,
+    TopUp,
+    TopUpKind,
+    TopUpStatus,
+)
+from billing.stripe_gateway import CheckoutOrder, Payment
+
+logger = logging.getLogger(__name__)
+
+
+def idempotency_key(topup: TopUp, operation: str) -> str:
+    """The key of one Stripe write for a top-up: the same row and operation, the same key."""
+    return f"meterbill-topup-{topup.uuid}-{operation}"
+
+
+def amount_check(amount: Decimal) -> None:
+    low, high = settings.TOPUP_MIN_AMOUNT, settings.TOPUP_MAX_AMOUNT
+    currency = settings.TOPUP_CURRENCY.upper()
+    if amount < low:
+        raise TopUpError(f"The minimum top-up is {low} {currency}")
+    if amount > high:
+        raise TopUpError(f"The maximum top-up is {high} {currency}")
+
+
+# Starting a top-up ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def topup_create(
+    *,
+    lab: Lab,
+    amount: Decimal,
+    actor: User | None,
+    project: Project | None = None,
+    save_payment_method: bool = False,
+    kind: str = TopUpKind.CHECKOUT,
+) -> TopUp:
+    """A pending top-up of `amount` (in TOPUP_CURRENCY) for the lab, or straight for one of
+    its projects. Nothing is paid or credited yet."""
+    amount_check(amount)
+    if project is not None and project.lab_id != lab.pk:
+        raise TopUpError("The project doesn't belong to the lab")
+    currency = settings.TOPUP_CURRENCY
+    minor = to_minor(amount, currency=currency)
+    return TopUp.objects.create(
+        lab=lab,
+        project=project,
+        kind=kind,
+        currency=currency,
+        amount_minor=minor,
+        credits=credits_for_minor(minor, currency=currency),
+        created_by=actor,
+        save_payment_method=save_payment_method,
+    )
+
+
+def stripe_customer_ensure(*, lab: Lab, email: str) -> StripeCustomer:
+    """The lab's Stripe customer, created on first use and reused; the idempotency key makes
+    two concurrent first uses one customer at Stripe, the unique lab one row here."""
+    customer = StripeCustomer.objects.filter(lab=lab).first()
+    if customer is not None:
+        return customer
+    customer_id = stripe_gateway.customer_create(
+        lab_uuid=str(lab.uuid),
+        name=lab.name,
+        email=email,
+        idempotency_key=f"meterbill-lab-{lab.uuid}-customer",
+    )
+    try:
+        with transaction.atomic():
+            return StripeCustomer.objects.create(lab=lab, customer_id=customer_id)
+    except IntegrityError:
+        return StripeCustomer.objects.get(lab=lab)
+
+
+def checkout_start(*, topup: TopUp, success_url: str, cancel_url: str, test_mode_url: str) -> str:
+    """Create the top-up's Checkout Session (outside any transaction) and return where to send
+    the payer. Calling it again for the same top-up reuses the session."""
+    if topup.checkout_url:
+        return topup.checkout_url
+    payer = topup.created_by
+    customer = stripe_customer_ensure(lab=topup.lab, email=payer.email if payer else "")
+    target = topup.project.name if topup.project else topup.lab.name
+    order = CheckoutOrder(
+        topup_uuid=str(topup.uuid),
+        lab_uuid=str(topup.lab.uuid),
+        customer_id=customer.customer_id,
+        currency=topup.currency,
+        amount_minor=topup.amount_minor,
+        product_name=f"{topup.credits.normalize():f} credits for {target}",
+        save_payment_method=topup.save_payment_method,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        test_mode_url=test_mode_url,
+    )
+    session_id, url = stripe_gateway.checkout_session_create(
+        order, idempotency_key=idempotency_key(topup, "checkout")
+    )
+    TopUp.objects.filter(pk=topup.pk, stripe_session_id__isnull=True).update(
+        stripe_session_id=session_id, checkout_url=url, updated_at=timezone.now()
+    )
+    topup.stripe_session_id, topup.checkout_url = session_id, url
+    return url
+
+
+# What Stripe's events do (each under the top-up's row lock, in the event's transaction) -------
+
+
+def links_record(*, topup: TopUp, payment: Payment) -> None:
+    """Ids and links Stripe told us; never replaces one already known with nothing."""
+    for field, value in [
+        ("stripe_payment_intent_id", payment.payment_intent_id),
+        ("stripe_charge_id", payment.charge_id),
+        ("stripe_invoice_id", payment.invoice_id),
+        ("receipt_url", payment.receipt_url),
+        ("invoice_url", payment.invoice_url),
+    ]:
+        if value and not getattr(topup, field):
+            setattr(topup, field, value)
+    topup.save()
+
+
+def _credit_grant(topup: TopUp) -> Grant:
+    paid = amount_format(topup.amount_minor, currency=topup.currency)
+    reason = f"Stripe top-up {topup.uuid}: {paid}"
+    key = f"stripe-topup:{topup.uuid}"
+    if topup.project is not None:
+        return services.budget_grant(
+            project=topup.project,
+            amount=topup.credits,
+            source=GrantSource.STRIPE,
+            reason=reason,
+            actor=topup.created_by,
+            idempotency_key=key,
+        )
+    return services.lab_top_up(
+        lab=topup.lab,
+        amount=topup.credits,
+        source=GrantSource.STRIPE,
+        source_ref=str(topup.uuid),
+        reason=reason,
+        metadata={"topup": str(topup.uuid), "payment_intent": topup.stripe_payment_intent_id},
+        actor=topup.created_by,
+        idempotency_key=key,
+    )
+
+
+def topup_credit(*, topup: TopUp, payment: Payment) -> bool:
+    """Grant the top-up's credits, once: the first paid event wins over pending, failed and
+    expired (money was taken); later ones only fill in links. Debts are repaid first; a refund
+    or dispute that arrived before the payment is applied right after. Returns whether it
+    credited."""
+    links_record(topup=topup, payment=payment)
+    if topup.status in CREDITED_STATUSES:
+        return False
+    topup.grant = _credit_grant(topup)
+    topup.status = TopUpStatus.PAID
+    topup.paid_at = timezone.now()
+    topup.save()
+    _debts_repay(topup)
+    if topup.refunded_minor or topup.disputed_minor:  # its refund arrived first
+        topup_refunds_record(topup=topup)
+    if topup.save_payment_method and payment.payment_method_id:
+        StripeCustomer.objects.filter(lab=topup.lab).update(
+            payment_method_id=payment.payment_method_id,
+            payment_method_label=payment.payment_method_label[:100],
+            updated_at=timezone.now(),
+        )
+    if topup.kind == TopUpKind.AUTO:
+        AutoRecharge.objects.filter(lab=topup.lab).update(consecutive_failures=0)
+    from billing import tasks
+
+    transaction.on_commit(lambda: tasks.topup_receipt_send.delay(topup.pk))
+    return True
+
+
+def topup_fail(*, topup: TopUp, message: str, expired: bool = False) -> bool:
+    """A pending top-up failed (or its Checkout expired). Auto-recharge counts failures in a row
+    and switches itself off at AUTO_RECHARGE_MAX_FAILURES. Returns whether it changed."""
+    if topup.status != TopUpStatus.PENDING:
+        return False
+    topup.status = TopUpStatus.EXPIRED if expired else TopUpStatus.FAILED
+    topup.failed_at = timezone.now()
+    topup.failure_message = message[:2000]
+    topup.save()
+    if topup.kind == TopUpKind.AUTO:
+        _auto_recharge_failure_count(topup)
+    return True
+
+
+def _auto_recharge_failure_count(topup: TopUp) -> None:
+    setting = AutoRecharge.objects.select_for_update().filter(lab=topup.lab).first()
+    if setting is None:
+        return
+    setting.consecutive_failures = F("consecutive_failures") + 1
+    setting.save(update_fields=["consecutive_failures", "updated_at"])
+    setting.refresh_from_db(fields=["consecutive_failures"])
+    if setting.enabled and setting.consecutive_failures >= settings.AUTO_RECHARGE_MAX_FAILURES:
+        setting.enabled = False
+        setting.disabled_reason = (
+            f"Switched off after {setting.consecutive_failures} failed payments in a row; "
+            f"the last: {topup.failure_message or 'declined'}"
+        )
+        setting.save(update_fields=["enabled", "disabled_reason", "updated_at"])
+        from billing import recharge_trigger, tasks
+
+        transaction.on_commit(recharge_trigger.targets_forget)
+        transaction.on_commit(lambda: tasks.auto_recharge_disabled_mail.delay(setting.pk))
+
+
+def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0, disputed_minor: int = 0) -> None:
+    """Stripe's cumulative refunded and disputed amounts: the largest seen wins, so events in
+    any order converge; a credited top-up gives back what they add."""
+    topup.refunded_minor = min(max(topup.refunded_minor, refunded_minor), topup.amount_minor)
+    topup.disputed_minor = min(max(topup.disputed_minor, disputed_minor), topup.amount_minor)
+    if topup.status in CREDITED_STATUSES:
+        topup_take_back(topup=topup, reason="dispute" if disputed_minor else "refund")
+    if topup.status == TopUpStatus.PAID and topup.refunded_minor >= topup.amount_minor:
+        topup.status = TopUpStatus.REFUNDED
+    topup.save()
+
+
+def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
+    """Take back the credits refunded or disputed so far and not yet taken: what is left of the
+    top-up's grant in the lab and its project budgets (not credits held by running jobs); the
+    rest becomes a debt that the lab's next top-ups repay first. Returns the credits taken."""
+    owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
+    target = (
+        topup.credits
+        if owed_minor == topup.amount_minor
+        else credits_for_minor(owed_minor, currency=topup.currency)
+    )
+    wanted = target - topup.credits_taken_back
+    if wanted <= 0 or topup.grant_id is None:
+        return Decimal(0)
+    system, owned = services._lab_accounts_lock(topup.lab)
+    # Never more than an account holds: in a project in debt, other grants cover the debt.
+    room = {account.pk: max(account.balance, Decimal(0)) for account in owned}
+    order = {account.pk: index for index, account in enumerate(owned)}  # the lab's own first
+    rows = GrantBalance.objects.filter(account__in=owned, grant_id=topup.grant_id, balance__gt=0)
+    legs: list[Leg] = []
+    taken = Decimal(0)
+    for row in sorted(rows, key=lambda r: order[r.account_id]):
+        part = min(row.balance, room[row.account_id], wanted - taken)
+        if part > 0:
+            legs += [
+                Leg(row.account_id, topup.grant_id, -part),
+                Leg(system.pk, topup.grant_id, part),
+            ]
+            taken += part
+    tags = {"topup": str(topup.uuid), "reason": reason}
+    if legs:
+        entry_post(type=EntryType.CHARGEBACK, legs=legs, reason=f"Stripe {reason}", metadata=tags)
+    if wanted > taken:
+        LabDebt.objects.create(lab=topup.lab, topup=topup, amount=wanted - taken, reason=reason)
+        logger.warning(
+            "top-up %s: %s credits of a %s were already spent; recorded as the lab's debt",
+            topup.uuid,
+            wanted - taken,
+            reason,
+        )
+    topup.credits_taken_back = target
+    return taken
+
+
+def _debts_repay(topup: TopUp) -> Decimal:
+    """The lab's open debts, oldest first, taken from the credits this top-up just granted."""
+    debts = list(
+        LabDebt.objects.select_for_update()
+        .filter(lab=topup.lab, repaid__lt=F("amount"))
+        .order_by("created_at", "id")
+    )
+    if not debts or topup.grant is None:
+        return Decimal(0)
+    target = project_ref(topup.project) if topup.project else lab_ref(topup.lab)
+    system, account = accounts_lock(SYSTEM, target)
+    left = topup.grant.amount
+    repaid = Decimal(0)
+    for debt in debts:
+        part = min(debt.amount - debt.repaid, left - repaid)
+        if part <= 0:
+            break
+        debt.repaid += part
+        debt.save(update_fields=["repaid", "updated_at"])
+        repaid += part
+    entry_post(
+        type=EntryType.DEBT,
+        legs=[Leg(account.pk, topup.grant.pk, -repaid), Leg(system.pk, topup.grant.pk, repaid)],
+        reason=f"Debt repaid by top-up {topup.uuid}",
+        metadata={"topup": str(topup.uuid), "debts": [d.pk for d in debts if d.repaid]},
+    )
+    return repaid
+
+
+# Refunds (operators) -------------------------------------------------------------------------
+
+
+def topup_refund_request(*, topup: TopUp, amount_minor: int | None = None) -> int:
+    """Ask Stripe to refund (all that is not refunded yet, or `amount_minor`); returns the
+    minor units asked for. Credits go back when Stripe's charge.refunded event arrives. The
+    key includes what was refunded so far, so a double click is one refund."""
+    topup.refresh_from_db()
+    if topup.status not in CREDITED_STATUSES or not topup.stripe_payment_intent_id:
+        raise TopUpError("Only a paid top-up can be refunded")
+    left = topup.amount_minor - topup.refunded_minor
+    amount = left if amount_minor is None else amount_minor
+    if not 0 < amount <= left:
+        raise TopUpError(f"At most {from_minor(left, currency=topup.currency)} can be refunded")
+    stripe_gateway.refund_create(
+        payment_intent_id=topup.stripe_payment_intent_id,
+        amount_minor=amount,
+        topup_uuid=str(topup.uuid),
+        idempotency_key=idempotency_key(topup, f"refund-{topup.refunded_minor}-{amount}"),
+    )
+    if stripe_gateway.offline():
+        from billing import test_mode
+
+        test_mode.charge_refunded(topup=topup, amount_refunded_minor=topup.refunded_minor + amount)
+    return amount
+
+
+def lab_owner_emails(lab: Lab) -> list[str]:
+    return list(
+        lab.memberships.filter(role=Role.OWNER, user__is_active=True).values_list(
+            "user__email", flat=True
+        )
+    )
