@@ -48,17 +48,10 @@ request = function()
     {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}, body)
 end
 %(delay)s
-done = function(summary, latency, requests)
-  io.write(string.format(
-    "RESULT {\\"requests\\": %%d, \\"seconds\\": %%f, \\"status_errors\\": %%d, " ..
-    "\\"socket_errors\\": %%d, \\"p50\\": %%f, \\"p99\\": %%f}\\n",
-    summary.requests, summary.duration / 1e6, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write +
-    summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
 """
 
-_HEALTH = """
+# Every script ends with this: wrk's figures as one JSON line.
+_DONE = """
 done = function(summary, latency, requests)
   io.write(string.format(
     "RESULT {\\"requests\\": %d, \\"seconds\\": %f, \\"status_errors\\": %d, " ..
@@ -90,7 +83,7 @@ class WrkResult:
 
 def wrk(url: str, script: str, *, seconds: float, connections: int, threads: int) -> WrkResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script)
+        handle.write(script + _DONE)
     try:
         output = subprocess.run(  # noqa: S603
             [
@@ -153,10 +146,10 @@ def run(stack: HttpStack, *, seconds: float, connections: int, threads: int) -> 
         "token": token,
         "delay": f"function delay() return {pause_ms} end",
     }
-    wrk(f"{stack.url}/health", _HEALTH, seconds=3, connections=connections, threads=threads)
+    wrk(f"{stack.url}/health", "", seconds=3, connections=connections, threads=threads)
     wrk(stack.url, flat_out, seconds=3, connections=connections, threads=threads)  # warm up
     health = wrk(
-        f"{stack.url}/health", _HEALTH, seconds=seconds, connections=connections, threads=threads
+        f"{stack.url}/health", "", seconds=seconds, connections=connections, threads=threads
     )
     before = KeyJob.objects.count()
     decisions = wrk(stack.url, flat_out, seconds=seconds, connections=connections, threads=threads)

@@ -213,24 +213,22 @@ def _tiers(row: KeyRow) -> list[Tier]:
     ]
 
 
+def _tightest(result: ratelimit.HitResult, kind: str) -> dict[str, int | None] | None:
+    """The headline figures of one kind (requests, units): the scope with the fewest left."""
+    limited = [s for s in result.scopes if getattr(s.limit, f"{kind}_per_minute") is not None]
+    if not limited:
+        return None
+    tightest = min(limited, key=lambda s: getattr(s, f"{kind}_remaining") or 0)
+    return {
+        "limit": getattr(tightest.limit, f"{kind}_per_minute"),
+        "remaining": getattr(tightest, f"{kind}_remaining"),
+        "reset": ratelimit.seconds_ceil(tightest.reset_ms),
+    }
+
+
 def _apply_usage(decision: Decision, result: ratelimit.HitResult) -> None:
-    """The headline figures: the scope with the fewest requests (units) left."""
-    with_requests = [s for s in result.scopes if s.limit.requests_per_minute is not None]
-    if with_requests:
-        tightest = min(with_requests, key=lambda s: s.requests_remaining or 0)
-        decision.requests = {
-            "limit": tightest.limit.requests_per_minute,
-            "remaining": tightest.requests_remaining,
-            "reset": ratelimit.seconds_ceil(tightest.reset_ms),
-        }
-    with_units = [s for s in result.scopes if s.limit.units_per_minute is not None]
-    if with_units:
-        tightest = min(with_units, key=lambda s: s.units_remaining or 0)
-        decision.units = {
-            "limit": tightest.limit.units_per_minute,
-            "remaining": tightest.units_remaining,
-            "reset": ratelimit.seconds_ceil(tightest.reset_ms),
-        }
+    decision.requests = _tightest(result, "requests") or decision.requests
+    decision.units = _tightest(result, "units") or decision.units
 
 
 def parse_key(raw: object) -> tuple[str, str] | None:
