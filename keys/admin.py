@@ -70,6 +70,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def lab(self, obj: ApiKey) -> str:
         return str(obj.project.lab)
 
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        # Only what the page edits: a full-row save would write back a revocation, a cap count
+        # or a rotation made meanwhile.
+        obj.save(update_fields=["name", "expires_at", "updated_at"])
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the full key must be shown once, to whoever creates it: the portal or API
 

@@ -43,8 +43,8 @@ def _units(value: Any, *, default: int | None) -> int:
     """A whole number of units, 0 to UNITS_MAX; digit strings are accepted, bools are not."""
     if value is None and default is not None:
         return default
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str) and value.isascii() and value.strip().isdecimal():
+        value = int(value.strip()) if len(value.strip()) <= 16 else UNITS_MAX + 1
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UNITS_MAX:
         raise BadRequest(f"units must be a whole number from 0 to {UNITS_MAX}.")
     return value
@@ -129,6 +129,8 @@ class AuthorizeView(APIView):
             status, code = 401, "service_token_invalid"
         elif isinstance(exc, exceptions.PermissionDenied):
             status, code = 403, "service_token_forbidden"
+        elif isinstance(exc, exceptions.ParseError | exceptions.UnsupportedMediaType):
+            status, code = 400, Code.BAD_REQUEST  # a body that is not JSON is a bad request
         elif isinstance(exc, exceptions.APIException) and exc.status_code < 500:
             status, code = exc.status_code, Code.BAD_REQUEST
         else:

@@ -93,11 +93,14 @@ class Decision:
         }
 
     def headers(self) -> dict[str, str]:
+        """X-RateLimit-* of the requests/min limit in force, or of the units/min one for a key
+        limited by units only."""
         headers = {}
-        if self.requests["limit"] is not None:
-            headers["X-RateLimit-Limit"] = str(self.requests["limit"])
-            headers["X-RateLimit-Remaining"] = str(self.requests["remaining"])
-            headers["X-RateLimit-Reset"] = str(self.requests["reset"])
+        shown = self.requests if self.requests["limit"] is not None else self.units
+        if shown["limit"] is not None:
+            headers["X-RateLimit-Limit"] = str(shown["limit"])
+            headers["X-RateLimit-Remaining"] = str(shown["remaining"])
+            headers["X-RateLimit-Reset"] = str(shown["reset"])
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return headers
@@ -299,7 +302,12 @@ def authorize(*, token: ServiceToken, raw_key: str, slug: str, units: int) -> De
                 return decision
             counted = True
 
-    refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now)
+    try:
+        refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now)
+    except Exception:
+        if counted:  # nothing was held: the request must not count against the window either
+            _undo(row.id, limits, job_uuid)
+        raise
     if refusal is not None:
         if counted:
             _undo(row.id, limits, job_uuid)
@@ -323,6 +331,8 @@ def _reserve(
     refusal, or None when all is held."""
     period = cap_period_start(row.credit_limit_period, now)
     if cost >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
+        if row.credit_limit is not None and cap_remaining(row.id, period) < cost:
+            return _cap_refusal(decision, row, period)  # the cap is checked before the project
         return _funds_refusal(decision, cost)
     project = Project(pk=row.project_id, lab_id=row.lab_id)
     cap = cap_hold_plan(

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core.db import execute_prepared
@@ -35,19 +36,22 @@ def cap_period_start(period: str, now: datetime) -> datetime | None:
     return None
 
 
-# In each statement, the CASE is credit_used as of %(period)s: what the row holds if it is that
-# period's, else nothing yet.
+# In each statement, the CASE is credit_used as of %(period)s: nothing yet if %(period)s is newer
+# than the row's period, else what the row holds. A period never moves back: a request that
+# computed yesterday's period and commits after today's first one counts in today's.
 _REMAINING = """
-SELECT credit_limit - CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-                           THEN credit_used ELSE 0 END
+SELECT credit_limit - CASE WHEN %(period)s::timestamptz > credit_period_start
+                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
+                 THEN 0 ELSE credit_used END
   FROM keys_apikey WHERE id = %(id)s
 """
 
 _ADJUST = """
 UPDATE keys_apikey
-   SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-                          THEN credit_used ELSE 0 END + %(delta)s,
-       credit_period_start = %(period)s
+   SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
+                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
+                 THEN 0 ELSE credit_used END + %(delta)s,
+       credit_period_start = GREATEST(credit_period_start, %(period)s::timestamptz)
  WHERE id = %(id)s AND credit_limit IS NOT NULL
 """
 
@@ -59,12 +63,14 @@ UPDATE keys_apikey
 _CAP_AND_KEY_JOB = """
 WITH cap AS (
     UPDATE keys_apikey
-       SET credit_used = CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-                              THEN credit_used ELSE 0 END + %(held)s,
-           credit_period_start = %(period)s
+       SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
+                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
+                 THEN 0 ELSE credit_used END + %(held)s,
+           credit_period_start = GREATEST(credit_period_start, %(period)s::timestamptz)
      WHERE id = %(key)s AND %(limited)s
-       AND CASE WHEN credit_period_start IS NOT DISTINCT FROM %(period)s
-                THEN credit_used ELSE 0 END + %(held)s <= credit_limit
+       AND CASE WHEN %(period)s::timestamptz > credit_period_start
+                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
+                 THEN 0 ELSE credit_used END + %(held)s <= credit_limit
     RETURNING credit_limit - credit_used AS remaining
 )
 INSERT INTO keys_keyjob
@@ -153,28 +159,32 @@ def key_job_settle(*, key_job: KeyJob, units: int, charged: Decimal) -> KeyJob:
 
 
 def key_jobs_release(*, now: datetime | None = None, batch: int = 500) -> int:
-    """Give back the cap holds of authorized jobs that were cancelled or expired unused (their
-    credits went back to the project with the reservation). Safe to run twice."""
+    """Bring the caps of authorized jobs closed elsewhere up to date: a job cancelled or expired
+    unused gives its hold back (its credits went back to the project with the reservation); a
+    job whose usage was posted on /api/accounting/ counts its charge instead of the hold. Safe
+    to run twice."""
     now = now or timezone.now()
-    released = 0
+    done = 0
     with transaction.atomic():
         key_jobs = list(
             KeyJob.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("key")
-            .filter(
-                settled_at__isnull=True,
-                released_at__isnull=True,
-                job__cancelled_at__isnull=False,
-            )
+            .select_related("key", "job")
+            .filter(settled_at__isnull=True, released_at__isnull=True)
+            .filter(Q(job__cancelled_at__isnull=False) | Q(job__closed_at__isnull=False))
             .order_by("created_at")[:batch]
         )
         for key_job in key_jobs:
-            if key_job.cap_held:
+            if key_job.job.cancelled_at is not None:
                 _cap_adjust(key_job, Decimal(0), now, key_job.key.credit_limit_period)
-            key_job.released_at = now
-            released += 1
-        KeyJob.objects.bulk_update(key_jobs, ["released_at"])
-    return released
+                key_job.released_at = now
+            else:
+                charged = key_job.job.charged_amount
+                _cap_adjust(key_job, charged, now, key_job.key.credit_limit_period)
+                key_job.units = int((key_job.job.usage_params or {}).get("count") or 0)
+                key_job.charged, key_job.settled_at = charged, now
+            done += 1
+        KeyJob.objects.bulk_update(key_jobs, ["released_at", "units", "charged", "settled_at"])
+    return done
 
 
 def key_job_for(job_uuid: uuid_lib.UUID) -> KeyJob | None:

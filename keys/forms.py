@@ -14,10 +14,9 @@ from accounts import selectors as account_selectors
 from accounts.models import Project, User
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, CreditPeriod
-from keys.services import LIMIT_FIELDS, KeySettings, key_settings_validate
+from keys.services import LIMIT_FIELDS, LIMIT_MAX, KeySettings, key_settings_validate
 from metering.models import Service
 
-LIMIT_MAX = 2**53  # what key_settings_validate accepts
 ALL, SOME = "all", "some"
 
 
@@ -106,7 +105,7 @@ class KeyCreateForm(forms.Form):
                     label=name.replace("_", " ").capitalize(),
                     required=False,
                     min_value=1,
-                    max_value=LIMIT_MAX,
+                    max_value=LIMIT_MAX[name],
                     widget=forms.NumberInput(attrs=attrs),
                 )
 

@@ -49,11 +49,16 @@ def authorizable_services(slugs: Sequence[str] | None = None) -> dict[str, Servi
     return {service.slug: service for service in services}
 
 
+# The most each limit may be: what its column holds (requests an integer, units a bigint).
+LIMIT_MAX = {"requests_per_minute": 2**31 - 1, "units_per_minute": 2**53}
+
+
 def _limit_value(value: object, where: str, errors: dict[str, list[str]]) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**53:
-        errors.setdefault(where, []).append("Must be a whole number of at least 1, or null.")
+    most = LIMIT_MAX[where.rsplit(".", 1)[-1]]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        errors.setdefault(where, []).append(f"Must be a whole number from 1 to {most}, or null.")
         return None
     return value
 
