@@ -21,7 +21,12 @@ from django.utils import timezone
 from accounts.models import Lab, Project, User
 from billing import stripe_gateway, topups
 from billing.currency import from_minor, to_minor
-from billing.errors import PaymentDeclinedError, TopUpError
+from billing.errors import (
+    PaymentDeclinedError,
+    PaymentProviderError,
+    PaymentProviderRefusedError,
+    TopUpError,
+)
 from billing.models import (
     AccountType,
     AutoRecharge,
@@ -61,7 +66,7 @@ def auto_recharge_set(
     if monthly_cap < amount:
         raise TopUpError("The monthly cap must be at least the recharge amount")
     customer = StripeCustomer.objects.filter(lab=lab).first()
-    if enabled and (customer is None or not customer.payment_method_id):
+    if enabled and not topups.payment_method_usable(customer):
         raise TopUpError(
             "Save a payment method first: top up once with “save for auto-recharge” ticked"
         )
@@ -149,13 +154,15 @@ def _amount(setting: AutoRecharge) -> Decimal:
 
 def recharge_pay(*, topup_id: int) -> str | None:
     """Send a pending auto-recharge top-up's payment to Stripe (no transaction is open). Safe
-    to run twice: the idempotency key makes a second send the same PaymentIntent. A decline
-    fails the top-up at once; success is credited when the webhook says so."""
+    to run twice: the idempotency key makes a second send the same PaymentIntent. A decline, or
+    a refusal that no retry can change (payments off, a bad request), fails the top-up at once
+    and counts toward switching auto-recharge off; success is credited when the webhook says
+    so. Stripe being unreachable raises PaymentProviderError (the task tries again)."""
     topup = TopUp.objects.select_related("lab", "project").filter(pk=topup_id).first()
     if topup is None or topup.status != TopUpStatus.PENDING or topup.kind != TopUpKind.AUTO:
         return None
     customer = StripeCustomer.objects.filter(lab=topup.lab).first()
-    if customer is None or not customer.payment_method_id:
+    if not topups.payment_method_usable(customer):
         _fail(topup.pk, "No saved payment method", None)
         return None
     try:
@@ -169,13 +176,13 @@ def recharge_pay(*, topup_id: int) -> str | None:
             description=f"Auto-recharge: {topup.credits.normalize():f} credits",
             idempotency_key=topups.idempotency_key(topup, "auto-recharge"),
         )
-    except PaymentDeclinedError as exc:
+    except (PaymentDeclinedError, PaymentProviderRefusedError) as exc:
         _fail(topup.pk, exc.message, (exc.details or {}).get("payment_intent"))
         return None
     TopUp.objects.filter(pk=topup.pk, stripe_payment_intent_id__isnull=True).update(
         stripe_payment_intent_id=intent_id, updated_at=timezone.now()
     )
-    if stripe_gateway.offline():
+    if stripe_gateway.test_mode():
         from billing import test_mode
 
         topup.refresh_from_db()
@@ -194,21 +201,34 @@ def _fail(topup_id: int, message: str, intent_id: str | None) -> None:
 def auto_recharge_sweep(*, now: datetime | None = None) -> int:
     """Check every lab with auto-recharge on (a debit may have been missed by a stale list),
     send payments that a killed task never sent, give up on those a day old. Returns how many
-    recharges it started or resent."""
+    recharges it started or resent. One lab's refusal or Stripe being down for one payment is
+    logged and does not stop the others (the next sweep tries again)."""
     now = now or timezone.now()
     started = 0
-    for setting_id in AutoRecharge.objects.filter(enabled=True).values_list("pk", flat=True):
-        started += recharge_start(setting_id=setting_id) is not None
-    unsent = TopUp.objects.filter(
-        kind=TopUpKind.AUTO,
-        status=TopUpStatus.PENDING,
-        stripe_payment_intent_id__isnull=True,
-        created_at__lte=now - RESEND_AFTER,
-    ).values_list("pk", "created_at")
+    switched_on = AutoRecharge.objects.filter(enabled=True).order_by("pk")
+    for setting_id in switched_on.values_list("pk", flat=True):
+        try:
+            started += recharge_start(setting_id=setting_id) is not None
+        except TopUpError as exc:
+            logger.warning("auto-recharge %s could not start: %s", setting_id, exc.message)
+    unsent = (
+        TopUp.objects.filter(
+            kind=TopUpKind.AUTO,
+            status=TopUpStatus.PENDING,
+            stripe_payment_intent_id__isnull=True,
+            created_at__lte=now - RESEND_AFTER,
+        )
+        .order_by("pk")
+        .values_list("pk", "created_at")
+    )
     for topup_id, created_at in unsent:
         if created_at <= now - GIVE_UP_AFTER:
             _fail(topup_id, "The payment could not be sent", None)
         else:
-            recharge_pay(topup_id=topup_id)
+            try:
+                recharge_pay(topup_id=topup_id)
+            except PaymentProviderError as exc:
+                logger.warning("auto-recharge top-up %s not sent: %s", topup_id, exc.message)
+                continue
             started += 1
     return started

@@ -2,6 +2,11 @@
 
 Stripe counts in minor units (cents); most currencies have two decimals, a few none or three.
 Every conversion between an amount, its minor units and its credits happens here.
+
+Stripe charges fewer decimals than some currencies have (its "special cases"): the three-decimal
+ones take only amounts whose last minor digit is 0 (KWD 5.120, not 5.125), and ISK, two-decimal
+in the API (100 minor units a króna), takes whole krónur only. `amount_parse` refuses what
+Stripe would refuse.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _ZERO_DECIMAL = frozenset(
     ]
 )
 _THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+# Two-decimal in Stripe's API, but charged in whole units only.
+_WHOLE_UNITS = frozenset(["isk"])
 
 
 def currency_places(currency: str) -> int:
@@ -43,9 +50,17 @@ def currency_places(currency: str) -> int:
     return 3 if code in _THREE_DECIMAL else 2
 
 
+def chargeable_places(currency: str) -> int:
+    """The decimal places of an amount Stripe charges: none for zero-decimal currencies and
+    ISK, two for the three-decimal ones (their last minor digit must be 0) and the others."""
+    code = currency.lower()
+    return 0 if code in _ZERO_DECIMAL or code in _WHOLE_UNITS else 2
+
+
 def amount_parse(value: object, *, currency: str) -> Decimal:
-    """An amount of `currency` from input; refuses non-numbers and more decimals than the
-    currency has (never rounds). Range checks are the caller's (they depend on settings)."""
+    """An amount of `currency` from input; refuses non-numbers and more decimals than Stripe
+    charges in the currency (never rounds). Range checks are the caller's (they depend on
+    settings)."""
     if isinstance(value, bool | float):
         raise AmountError("Enter an amount such as 25 or 25.50")
     try:
@@ -56,13 +71,17 @@ def amount_parse(value: object, *, currency: str) -> Decimal:
         raise AmountError("Enter an amount such as 25 or 25.50")
     if amount.adjusted() >= 15:  # far above any limit; quantizing it would overflow
         raise AmountError("Amount is too large")
-    places = currency_places(currency)
+    places = chargeable_places(currency)
     if amount != amount.quantize(Decimal(1).scaleb(-places)):
-        raise AmountError(
-            f"{currency.upper()} amounts have at most {places} decimal places"
-            if places
-            else f"{currency.upper()} amounts are whole numbers"
-        )
+        code = currency.upper()
+        if places == 0:
+            raise AmountError(f"{code} amounts are whole numbers")
+        if currency_places(currency) > places:
+            raise AmountError(
+                f"{code} amounts have at most {places} decimal places (Stripe charges {code} "
+                "in steps of 0.010)"
+            )
+        raise AmountError(f"{code} amounts have at most {places} decimal places")
     return amount
 
 
@@ -84,6 +103,14 @@ def credits_for_minor(minor: int, *, currency: str) -> Decimal:
     0.000001 credit (monotonic, so part of a payment never buys more than all of it)."""
     amount = from_minor(minor, currency=currency)
     return credits_quantize(amount * settings.CREDITS_PER_CURRENCY_UNIT)
+
+
+def credits_share(credits: Decimal, part_minor: int, total_minor: int) -> Decimal:
+    """The credits `part_minor` of a payment of `total_minor` bought, when the whole bought
+    `credits`: the same share, whatever the credit rate is today, and never more than all."""
+    if part_minor >= total_minor:
+        return credits
+    return min(credits, credits_quantize(credits * part_minor / total_minor))
 
 
 def amount_format(minor: int, *, currency: str) -> str:

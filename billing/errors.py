@@ -48,6 +48,14 @@ class PaymentProviderError(ApiError):
     default_message = "The payment provider could not complete the request; try again later"
 
 
+class PaymentProviderRefusedError(PaymentProviderError):
+    """Stripe refused the call for good (a bad request, wrong keys or permissions), or payments
+    are not set up here: trying the same call again cannot help."""
+
+    error_code = "PAYMENT_PROVIDER_REFUSED"
+    default_message = "The payment provider refused the request"
+
+
 class PaymentDeclinedError(PaymentProviderError):
     """The card or bank refused an off-session payment."""
 

@@ -19,7 +19,7 @@ from django.db import transaction
 
 from billing import stripe_gateway, topups
 from billing.models import StripeEvent, TopUp, TopUpKind
-from billing.stripe_gateway import Payment, WebhookSignatureError
+from billing.stripe_gateway import Payment, WebhookEventError, WebhookSignatureError
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +28,27 @@ Effect = Callable[[TopUp], object]
 
 def webhook_receive(payload: bytes, signature_header: str | None) -> int:
     """Handle one webhook delivery; returns the HTTP status to answer: 400 for a bad or missing
-    signature (nothing written), 200 otherwise (also for types we ignore and objects that are
-    not ours), so Stripe retries only what failed on our side (an exception: a 500)."""
+    signature or a body that is not an event (nothing written), 200 otherwise (also for types
+    we ignore and objects that are not ours or have no id), so Stripe retries only what failed
+    on our side (an exception: a 500)."""
     try:
         event = stripe_gateway.event_verify(payload, signature_header)
-    except WebhookSignatureError as exc:
+    except (WebhookSignatureError, WebhookEventError) as exc:
         logger.warning("Stripe webhook refused: %s", exc)
         return 400
-    handler = _HANDLERS.get(event.get("type", ""))
+    handler = _HANDLERS.get(event["type"])
     if handler is None:
-        logger.info("Stripe event %s of type %s ignored", event.get("id"), event.get("type"))
+        logger.info("Stripe event %s of type %s ignored", event["id"], event["type"])
+        return 200
+    obj = event["data"]["object"]
+    if not isinstance(obj.get("id"), str) or not obj["id"]:
+        logger.warning(
+            "Stripe event %s (%s): its object has no id; ignored", event["id"], event["type"]
+        )
         return 200
     if StripeEvent.objects.filter(event_id=event["id"]).exists():
         return 200  # a replay: skip even the refresh from Stripe
-    handler(event, event["data"].get("object") or {})
+    handler(event, obj)
     return 200
 
 

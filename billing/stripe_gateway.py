@@ -5,8 +5,11 @@ objects into small facts, so nothing else depends on Stripe's shapes. Callers ne
 database transaction open while calling it. Every write carries an idempotency key that the
 caller derives from its own row.
 
-Without STRIPE_SECRET_KEY (the embedded default) it runs in offline test mode: writes return
-local ids and the test-mode checkout page (billing/test_mode.py) plays Stripe's part.
+Without STRIPE_SECRET_KEY (the embedded default) it is offline. Only in the offline test mode
+(STRIPE_OFFLINE_TEST_MODE too) do writes return local ids while the test-mode checkout page
+(billing/test_mode.py) plays Stripe's part; otherwise payments are off and every write raises
+PaymentProviderRefusedError. Local ids ("cus_local_…", "pm_local_card", …) are never sent to
+Stripe.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import stripe
 from django.conf import settings
 
-from billing.errors import PaymentDeclinedError, PaymentProviderError
+from billing.errors import PaymentDeclinedError, PaymentProviderError, PaymentProviderRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ _transport: Transport | None = None
 
 class WebhookSignatureError(Exception):
     """A webhook whose signature is missing, malformed, wrong or too old."""
+
+
+class WebhookEventError(Exception):
+    """A correctly signed body that is not a Stripe event: no string id or type, or a
+    data.object that is not an object."""
 
 
 class _TransportClient(stripe.HTTPClient):
@@ -87,6 +95,27 @@ def test_mode() -> bool:
     return offline() and settings.STRIPE_OFFLINE_TEST_MODE
 
 
+def is_local(object_id: str | None) -> bool:
+    """An id the offline test mode made up ("cus_local_…", "pm_local_card"): Stripe has never
+    heard of it. All of them, and none of Stripe's, contain "_local_"."""
+    return "_local_" in (object_id or "")
+
+
+def _payments_off() -> PaymentProviderRefusedError:
+    return PaymentProviderRefusedError("Payments are not set up here (no Stripe keys)")
+
+
+def _never_local(**ids: str | None) -> None:
+    """Refuse to send an id of the offline test mode to Stripe."""
+    for name, value in ids.items():
+        if is_local(value):
+            raise PaymentProviderRefusedError(
+                f"The {name.replace('_', ' ')} {value} was made in the offline test mode; "
+                "Stripe does not know it",
+                details={name: value},
+            )
+
+
 def _client() -> stripe.StripeClient:
     return stripe.StripeClient(
         settings.STRIPE_SECRET_KEY,
@@ -104,6 +133,18 @@ def _stripe_errors() -> Iterator[None]:
         raise PaymentDeclinedError(
             exc.user_message or "The payment was declined",
             details={"code": exc.code, "payment_intent": _error_payment_intent(exc)},
+        ) from exc
+    except (
+        stripe.InvalidRequestError,
+        stripe.AuthenticationError,
+        stripe.PermissionError,
+        stripe.IdempotencyError,
+    ) as exc:
+        # The same request would be refused again: no retry can help.
+        logger.warning("Stripe refused a call: %s", exc)
+        raise PaymentProviderRefusedError(
+            f"Stripe refused the request ({exc.code or type(exc).__name__})",
+            details={"stripe_error": exc.code, "payment_intent": _error_payment_intent(exc)},
         ) from exc
     except stripe.StripeError as exc:
         logger.warning("Stripe call failed: %s", exc)
@@ -150,11 +191,20 @@ def event_verify(payload: bytes, signature_header: str | None) -> dict[str, Any]
         stripe.WebhookSignature.verify_header(
             text, signature_header, webhook_secret(), stripe.Webhook.DEFAULT_TOLERANCE
         )
-        event = json.loads(text)
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
         raise WebhookSignatureError(str(exc)) from exc
-    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
-        raise WebhookSignatureError("not a Stripe event")
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise WebhookEventError(f"not JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise WebhookEventError("not a Stripe event")
+    for field in ("id", "type"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise WebhookEventError(f"a Stripe event without a string {field}")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise WebhookEventError(f"Stripe event {event['id']} has no data.object")
     return event
 
 
@@ -309,6 +359,8 @@ def dispute_read(dispute: Mapping[str, Any]) -> Dispute:
 
 def customer_create(*, lab_uuid: str, name: str, email: str, idempotency_key: str) -> str:
     if offline():
+        if not test_mode():
+            raise _payments_off()
         return f"cus_local_{lab_uuid.replace('-', '')}"
     with _stripe_errors():
         customer = _client().v1.customers.create(
@@ -337,8 +389,9 @@ def checkout_session_create(order: CheckoutOrder, *, idempotency_key: str) -> tu
     method types are named, so the payer sees whatever the Stripe account enables."""
     if offline():
         if not test_mode():
-            raise PaymentProviderError("Payments are not set up here (no Stripe keys)")
+            raise _payments_off()
         return f"cs_local_{order.topup_uuid.replace('-', '')}", order.test_mode_url
+    _never_local(customer=order.customer_id)
     metadata = {"topup": order.topup_uuid, "lab": order.lab_uuid}
     payment_intent_data: dict[str, Any] = {"metadata": metadata}
     if order.save_payment_method:
@@ -382,9 +435,13 @@ def off_session_payment_create(
     idempotency_key: str,
 ) -> str:
     """Charge the saved payment method without the payer present; returns the PaymentIntent id.
-    Raises PaymentDeclinedError when the bank refuses (its details name the intent)."""
+    Raises PaymentDeclinedError when the bank refuses (its details name the intent), and
+    PaymentProviderRefusedError when payments are off or the saved card is a test-mode one."""
     if offline():
+        if not test_mode():
+            raise _payments_off()
         return f"pi_local_{topup_uuid.replace('-', '')}"
+    _never_local(customer=customer_id, payment_method=payment_method_id)
     params = {
         "amount": amount_minor,
         "currency": currency,
@@ -406,9 +463,13 @@ def off_session_payment_create(
 def refund_create(
     *, payment_intent_id: str, amount_minor: int, topup_uuid: str, idempotency_key: str
 ) -> str:
-    """Ask Stripe to refund; the credits go back when its charge.refunded event arrives."""
+    """Ask Stripe to refund; the credits go back when its charge.refunded event arrives. The
+    offline test mode refunds only its own (local) payments; a real one needs Stripe's keys."""
     if offline():
+        if not test_mode() or not is_local(payment_intent_id):
+            raise _payments_off()
         return f"re_local_{idempotency_key}"
+    _never_local(payment_intent=payment_intent_id)
     with _stripe_errors():
         refund = _client().v1.refunds.create(
             params={

@@ -73,7 +73,9 @@ def _render_billing(
         or AutoRechargeForm(lab=lab, initial=_auto_recharge_initial(setting)),
         "recharge_errors": _errors(recharge_form) if recharge_form is not None else [],
         "auto_recharge": setting,
-        "saved_method": customer.payment_method_label if customer else "",
+        "saved_method": customer.payment_method_label
+        if customer is not None and topups.payment_method_usable(customer)
+        else "",
         "test_mode": stripe_gateway.test_mode(),
         "payments_off": stripe_gateway.offline() and not stripe_gateway.test_mode(),
         "currency": settings.TOPUP_CURRENCY.upper(),

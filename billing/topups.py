@@ -18,7 +18,14 @@ from django.utils import timezone
 
 from accounts.models import Lab, Project, Role, User
 from billing import services, stripe_gateway
-from billing.currency import amount_format, credits_for_minor, from_minor, to_minor
+from billing.currency import (
+    amount_format,
+    amount_parse,
+    credits_for_minor,
+    credits_share,
+    from_minor,
+    to_minor,
+)
 from billing.errors import TopUpError
 from billing.ledger import SYSTEM, Leg, accounts_lock, entry_post, lab_ref, project_ref
 from billing.models import (
@@ -35,6 +42,7 @@ from billing.models import (
     TopUpStatus,
 )
 from billing.stripe_gateway import CheckoutOrder, Payment
+from core.money import AmountError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +53,11 @@ def idempotency_key(topup: TopUp, operation: str) -> str:
 
 
 def amount_check(amount: Decimal) -> None:
+    """An amount of TOPUP_CURRENCY that Stripe charges, within the top-up range."""
+    try:
+        amount_parse(amount, currency=settings.TOPUP_CURRENCY)
+    except AmountError as exc:
+        raise TopUpError(str(exc)) from exc
     low, high = settings.TOPUP_MIN_AMOUNT, settings.TOPUP_MAX_AMOUNT
     currency = settings.TOPUP_CURRENCY.upper()
     if amount < low:
@@ -87,9 +100,13 @@ def topup_create(
 
 def stripe_customer_ensure(*, lab: Lab, email: str) -> StripeCustomer:
     """The lab's Stripe customer, created on first use and reused; the idempotency key makes
-    two concurrent first uses one customer at Stripe, the unique lab one row here."""
+    two concurrent first uses one customer at Stripe, the unique lab one row here. A customer
+    the offline test mode made up is replaced by a real one (with its test card) once Stripe's
+    keys are set. Raises PaymentProviderRefusedError, saving nothing, when payments are off."""
     customer = StripeCustomer.objects.filter(lab=lab).first()
-    if customer is not None:
+    if customer is not None and (
+        stripe_gateway.test_mode() or not stripe_gateway.is_local(customer.customer_id)
+    ):
         return customer
     customer_id = stripe_gateway.customer_create(
         lab_uuid=str(lab.uuid),
@@ -97,11 +114,30 @@ def stripe_customer_ensure(*, lab: Lab, email: str) -> StripeCustomer:
         email=email,
         idempotency_key=f"meterbill-lab-{lab.uuid}-customer",
     )
+    if customer is not None:
+        StripeCustomer.objects.filter(pk=customer.pk, customer_id=customer.customer_id).update(
+            customer_id=customer_id,
+            payment_method_id="",
+            payment_method_label="",
+            updated_at=timezone.now(),
+        )
+        return StripeCustomer.objects.get(pk=customer.pk)
     try:
         with transaction.atomic():
             return StripeCustomer.objects.create(lab=lab, customer_id=customer_id)
     except IntegrityError:
         return StripeCustomer.objects.get(lab=lab)
+
+
+def payment_method_usable(customer: StripeCustomer | None) -> bool:
+    """Whether the lab has a saved payment method auto-recharge can charge: outside the
+    offline test mode, not one that test mode made up (Stripe has never heard of it)."""
+    if customer is None or not customer.payment_method_id:
+        return False
+    return stripe_gateway.test_mode() or not (
+        stripe_gateway.is_local(customer.customer_id)
+        or stripe_gateway.is_local(customer.payment_method_id)
+    )
 
 
 def checkout_start(*, topup: TopUp, success_url: str, cancel_url: str, test_mode_url: str) -> str:
@@ -245,7 +281,9 @@ def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0, disputed_mino
     topup.refunded_minor = min(max(topup.refunded_minor, refunded_minor), topup.amount_minor)
     topup.disputed_minor = min(max(topup.disputed_minor, disputed_minor), topup.amount_minor)
     if topup.status in CREDITED_STATUSES:
-        topup_take_back(topup=topup, reason="dispute" if disputed_minor else "refund")
+        # From the stored amount: a dispute that arrived before the payment is replayed with
+        # no arguments. (Stripe refuses to refund a disputed charge, so a dispute comes last.)
+        topup_take_back(topup=topup, reason="dispute" if topup.disputed_minor else "refund")
     if topup.status == TopUpStatus.PAID and topup.refunded_minor >= topup.amount_minor:
         topup.status = TopUpStatus.REFUNDED
     topup.save()
@@ -254,13 +292,11 @@ def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0, disputed_mino
 def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     """Take back the credits refunded or disputed so far and not yet taken: what is left of the
     top-up's grant in the lab and its project budgets (not credits held by running jobs); the
-    rest becomes a debt that the lab's next top-ups repay first. Returns the credits taken."""
+    rest becomes a debt that the lab's next top-ups repay first. Returns the credits taken.
+    A part of the payment takes back the same part of the credits it bought (not at today's
+    CREDITS_PER_CURRENCY_UNIT)."""
     owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
-    target = (
-        topup.credits
-        if owed_minor == topup.amount_minor
-        else credits_for_minor(owed_minor, currency=topup.currency)
-    )
+    target = credits_share(topup.credits, owed_minor, topup.amount_minor)
     wanted = target - topup.credits_taken_back
     if wanted <= 0 or topup.grant_id is None:
         return Decimal(0)
@@ -329,7 +365,9 @@ def _debts_repay(topup: TopUp) -> Decimal:
 def topup_refund_request(*, topup: TopUp, amount_minor: int | None = None) -> int:
     """Ask Stripe to refund (all that is not refunded yet, or `amount_minor`); returns the
     minor units asked for. Credits go back when Stripe's charge.refunded event arrives. The
-    key includes what was refunded so far, so a double click is one refund."""
+    key includes what was refunded so far, so a double click is one refund. Raises
+    PaymentProviderRefusedError when payments are off (no keys, not in the offline test mode),
+    or for a test-mode payment once Stripe's keys are set."""
     topup.refresh_from_db()
     if topup.status not in CREDITED_STATUSES or not topup.stripe_payment_intent_id:
         raise TopUpError("Only a paid top-up can be refunded")
@@ -343,7 +381,7 @@ def topup_refund_request(*, topup: TopUp, amount_minor: int | None = None) -> in
         topup_uuid=str(topup.uuid),
         idempotency_key=idempotency_key(topup, f"refund-{topup.refunded_minor}-{amount}"),
     )
-    if stripe_gateway.offline():
+    if stripe_gateway.test_mode():
         from billing import test_mode
 
         test_mode.charge_refunded(topup=topup, amount_refunded_minor=topup.refunded_minor + amount)

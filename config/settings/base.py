@@ -204,12 +204,13 @@ API_KEY_ROTATION_GRACE_SECONDS = env.int("API_KEY_ROTATION_GRACE_SECONDS", defau
 RATE_LIMITS_FAIL_OPEN = env.bool("RATE_LIMITS_FAIL_OPEN", default=False)
 RATE_LIMIT_REDIS_TIMEOUT_SECONDS = env.float("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", default=0.5)
 
-# Stripe (used from the billing app only). Empty keys select the offline test-mode checkout.
+# Stripe (used from the billing app only). Without keys, payments are off, or with
+# STRIPE_OFFLINE_TEST_MODE the offline test-mode checkout plays Stripe's part.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 # Without STRIPE_SECRET_KEY, a local test-mode checkout page "pays" top-ups: credits for free,
-# so only where DEBUG is on (make run) unless this says otherwise.
+# so only where DEBUG is on (make run) unless this says otherwise; never in production.py.
 STRIPE_OFFLINE_TEST_MODE = env.bool("STRIPE_OFFLINE_TEST_MODE", default=DEBUG)
 # Top-ups (billing/topups.py): amounts are in TOPUP_CURRENCY (an ISO code Stripe accepts); one
 # unit of it buys CREDITS_PER_CURRENCY_UNIT credits. Presets are the form's quick amounts.

@@ -13,6 +13,13 @@ ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 if not API_KEY_PEPPER.strip() or len(API_KEY_PEPPER) < 16:
     raise ImproperlyConfigured("API_KEY_PEPPER must be at least 16 characters in production.")
 
+# Never the offline test-mode checkout (free credits), whatever DJANGO_DEBUG or
+# STRIPE_OFFLINE_TEST_MODE say: without STRIPE_SECRET_KEY, payments are off (top-ups say so).
+STRIPE_OFFLINE_TEST_MODE = False
+# With a key but no webhook secret, Stripe would take payments whose events we refuse.
+if STRIPE_SECRET_KEY and not STRIPE_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("Set STRIPE_WEBHOOK_SECRET too when STRIPE_SECRET_KEY is set.")
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$"]

@@ -46,6 +46,7 @@ class FakeStripe:
     listed: dict[str, list[dict]] = field(default_factory=dict)  # path -> objects
     decline: bool = False
     broken: bool = False  # every call answers 500
+    refuse: bool = False  # payments answer 400 invalid_request_error (retrying cannot help)
     _replies: dict[str, tuple[int, str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -109,6 +110,8 @@ class FakeStripe:
                 "topup": metadata["topup"],
                 "lab": metadata["lab"],
             }
+            if self.refuse:
+                return 400, response("invalid_request", id=params["payment_method"])
             if self.decline:
                 return 402, response("payment_intent_declined", **values)
             return 200, response(

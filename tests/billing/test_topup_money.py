@@ -11,7 +11,7 @@ from core.money import AmountError
 @pytest.mark.parametrize(
     ("currency", "text", "minor"),
     [("usd", "25", 2500), ("usd", "0.01", 1), ("eur", "19.99", 1999), ("jpy", "1500", 1500),
-     ("kwd", "1.234", 1234)],
+     ("kwd", "1.23", 1230), ("kwd", "1.230", 1230), ("isk", "500", 50000)],
 )  # fmt: skip
 def test_amounts_convert_to_minor_units_and_back_exactly(currency, text, minor):
     amount = amount_parse(text, currency=currency)
@@ -22,7 +22,7 @@ def test_amounts_convert_to_minor_units_and_back_exactly(currency, text, minor):
 @pytest.mark.parametrize(
     ("currency", "text"),
     [("usd", "1.001"), ("jpy", "10.5"), ("usd", "ten"), ("usd", ""), ("usd", "nan"),
-     ("usd", "1e99")],
+     ("usd", "1e99"), ("kwd", "1.234"), ("isk", "40.10")],
 )  # fmt: skip
 def test_it_refuses_what_is_not_an_exact_amount_of_the_currency(currency, text):
     with pytest.raises(AmountError):

@@ -51,6 +51,36 @@ def test_production_refuses_a_short_pepper():
     assert "API_KEY_PEPPER must be at least 16 characters" in result.stderr
 
 
+def test_production_refuses_a_stripe_key_without_its_webhook_secret():
+    result = _check({**PRODUCTION_ENV, "STRIPE_SECRET_KEY": "sk_live_x"})
+    assert result.returncode != 0
+    assert "Set STRIPE_WEBHOOK_SECRET too" in result.stderr
+    both = {"STRIPE_SECRET_KEY": "sk_live_x", "STRIPE_WEBHOOK_SECRET": "whsec_x"}
+    assert _check({**PRODUCTION_ENV, **both}).returncode == 0
+
+
+def test_production_starts_without_stripe_keys_and_never_in_test_mode():
+    """No keys: payments are off (compose's and the benches' default), never the free
+    test-mode checkout, whatever DJANGO_DEBUG or STRIPE_OFFLINE_TEST_MODE say."""
+    env = {**PRODUCTION_ENV, "DJANGO_DEBUG": "true", "STRIPE_OFFLINE_TEST_MODE": "true"}
+    assert _check(env).returncode == 0
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    script = (
+        "import django; django.setup(); from billing import stripe_gateway; "
+        "print(stripe_gateway.offline(), stripe_gateway.test_mode())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**base, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
 def test_every_environment_variable_read_by_settings_is_documented():
     import re
 
