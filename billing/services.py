@@ -572,7 +572,7 @@ def project_deplete(*, project: Project, actor: Actor = None, reason: str = "") 
     )
 
 
-def _lab_accounts_lock(lab: Lab) -> tuple[LedgerAccount, list[LedgerAccount]]:
+def lab_accounts_lock(lab: Lab) -> tuple[LedgerAccount, list[LedgerAccount]]:
     """Lock the system account and the lab's account, then every project account of the lab.
     Ids rise in that order (system 0, a lab before its projects), so this keeps the global
     id order; and with the lab and system locked, no project of the lab gains money unseen."""
@@ -586,7 +586,7 @@ def _lab_accounts_lock(lab: Lab) -> tuple[LedgerAccount, list[LedgerAccount]]:
 @transaction.atomic
 def lab_deplete(*, lab: Lab, actor: Actor = None, reason: str = "") -> Decimal:
     """The lab's balance and every project budget of the lab go back to the system account."""
-    system, owned = _lab_accounts_lock(lab)
+    system, owned = lab_accounts_lock(lab)
     return _sweep(
         type=EntryType.DEPLETE,
         accounts=owned,
@@ -602,7 +602,7 @@ def _grant_sweep(*, grant: Grant, type: str, actor: Actor, reason: str) -> Decim
     """What is left of a grant in its lab and project accounts goes back to the system account.
     Money held by open reservations stays: the job it is held for may still use it; when the
     hold is released, hold_release returns that part to the system account itself."""
-    system, owned = _lab_accounts_lock(grant.lab)
+    system, owned = lab_accounts_lock(grant.lab)
     return _sweep(type=type, accounts=owned, system=system, grant=grant, actor=actor, reason=reason)
 
 

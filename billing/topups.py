@@ -300,7 +300,7 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     wanted = target - topup.credits_taken_back
     if wanted <= 0 or topup.grant_id is None:
         return Decimal(0)
-    system, owned = services._lab_accounts_lock(topup.lab)
+    system, owned = services.lab_accounts_lock(topup.lab)
     # Never more than an account holds: in a project in debt, other grants cover the debt.
     room = {account.pk: max(account.balance, Decimal(0)) for account in owned}
     order = {account.pk: index for index, account in enumerate(owned)}  # the lab's own first
