@@ -25,9 +25,10 @@ from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
 from core.accounting import StrictSerializer
 from keys import ratelimit
-from keys.authorize import UNITS_MAX, Code, Decision, authorize
+from keys.authorize import UNITS_MAX, Code, Decision, authorize_once
 from keys.caps import key_job_for, key_job_settle
 from keys.models import ALL_SERVICES, KeyJob
+from keys.replays import MAX_LENGTH
 from metering import usage
 from metering.errors import JobNotFoundError
 
@@ -147,8 +148,14 @@ class AuthorizeView(APIView):
             key, service, units = _authorize_input(request.data)
         except BadRequest as exc:
             return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=str(exc)))
+        header = request.headers.get("Idempotency-Key", "").strip()
+        if len(header) > MAX_LENGTH:
+            message = f"Idempotency-Key: at most {MAX_LENGTH} characters."
+            return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=message))
         token: ServiceToken = request.auth
-        return _decision_response(authorize(token=token, raw_key=key, slug=service, units=units))
+        return _decision_response(
+            authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
+        )
 
 
 class AuthorizedUsageIn(StrictSerializer):

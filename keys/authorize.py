@@ -21,8 +21,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accounts.models import Project, ServiceToken
 from billing.errors import InsufficientFundsError
@@ -33,6 +34,7 @@ from core.secrets import secret_hash
 from keys import ratelimit
 from keys.caps import CapExceededError, cap_hold_plan, cap_period_start, cap_remaining
 from keys.models import ALL_SERVICES
+from keys.replays import Idempotency, first_answer
 from metering.cost import Tier, usage_cost
 from metering.models import ServiceType
 from metering.reservations import reservation_job_plan
@@ -241,7 +243,14 @@ def parse_key(raw: object) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def authorize(*, token: ServiceToken, raw_key: str, slug: str, units: int) -> Decision:
+def authorize(
+    *,
+    token: ServiceToken,
+    raw_key: str,
+    slug: str,
+    units: int,
+    idempotency: Idempotency | None = None,
+) -> Decision:
     now = timezone.now()
     parsed = parse_key(raw_key)
     row = key_row(parsed[0], slug, now) if parsed else None
@@ -303,7 +312,14 @@ def authorize(*, token: ServiceToken, raw_key: str, slug: str, units: int) -> De
             counted = True
 
     try:
-        refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now)
+        refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now, idempotency)
+    except IntegrityError:
+        if counted:
+            _undo(row.id, limits, job_uuid)
+        answer = first_answer(idempotency) if idempotency is not None else None
+        if answer is None:
+            raise
+        return _replayed(*answer)  # a concurrent retry with the same key won the race
     except Exception:
         if counted:  # nothing was held: the request must not count against the window either
             _undo(row.id, limits, job_uuid)
@@ -312,8 +328,31 @@ def authorize(*, token: ServiceToken, raw_key: str, slug: str, units: int) -> De
         if counted:
             _undo(row.id, limits, job_uuid)
         return refusal
-    decision.job_id = job_uuid
     return decision
+
+
+def _replayed(status: int, body: dict[str, Any]) -> Decision:
+    decision = Decision(status=status, code=body["code"], message=body["message"])
+    decision.job_id = uuid_lib.UUID(body["job_id"]) if body.get("job_id") else None
+    decision.project = uuid_lib.UUID(body["project"]) if body.get("project") else None
+    decision.requests, decision.units = body["limits"]["requests"], body["limits"]["units"]
+    decision.credits = body["limits"]["credits"]
+    return decision
+
+
+def authorize_once(
+    *, token: ServiceToken, raw_key: str, slug: str, units: int, header: str | None
+) -> Decision:
+    """authorize, replaying the first allowed answer to a retry with the same Idempotency-Key."""
+    if not header:
+        return authorize(token=token, raw_key=raw_key, slug=slug, units=units)
+    idempotency = Idempotency.of(
+        token_id=token.pk, header=header, raw_key=raw_key, slug=slug, units=units
+    )
+    answer = first_answer(idempotency)
+    if answer is not None:
+        return _replayed(*answer)
+    return authorize(token=token, raw_key=raw_key, slug=slug, units=units, idempotency=idempotency)
 
 
 def _reserve(
@@ -325,6 +364,7 @@ def _reserve(
     token: ServiceToken,
     decision: Decision,
     now: datetime,
+    idempotency: Idempotency | None = None,
 ) -> Decision | None:
     """Cap, job and hold in one transaction of two round trips: every statement in one
     pipeline, then COMMIT (or ROLLBACK when the cap or the project refused). Returns the
@@ -364,13 +404,33 @@ def _reserve(
             remaining = cap.remaining(results[-1])  # the cap is checked before the project
             if cost > 0 and not hold.held(results[1:3]):
                 raise InsufficientFundsError(requested_amount=cost)
+            decision.job_id = job_uuid
+            if remaining is not None:
+                decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
+            if idempotency is not None:
+                execute_prepared(_REMEMBER, _remembered(idempotency, job_uuid, decision))
     except CapExceededError:
         return _cap_refusal(decision, row, period)
     except InsufficientFundsError:
         return _funds_refusal(decision, cost)
-    if remaining is not None:
-        decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
     return None
+
+
+# A duplicate key fails this with a unique violation, rolling the whole hold back.
+_REMEMBER = """
+UPDATE keys_keyjob SET idempotency_key = %(key)s, request_fingerprint = %(fingerprint)s,
+       first_response = %(body)s
+ WHERE job_id = (SELECT id FROM metering_job WHERE uuid = %(job)s)
+"""
+
+
+def _remembered(idempotency: Idempotency, job_uuid: uuid_lib.UUID, decision: Decision) -> dict:
+    return {
+        "key": idempotency.key,
+        "fingerprint": idempotency.fingerprint,
+        "body": Jsonb(decision.body()),
+        "job": job_uuid,
+    }
 
 
 def _funds_refusal(decision: Decision, cost: Decimal) -> Decision:

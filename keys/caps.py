@@ -74,8 +74,9 @@ WITH cap AS (
     RETURNING credit_limit - credit_used AS remaining
 )
 INSERT INTO keys_keyjob
-       (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at)
-SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s
+       (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at,
+        request_fingerprint)
+SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s, ''
   FROM metering_job job
  WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
 RETURNING (SELECT remaining FROM cap)

@@ -149,8 +149,22 @@ class KeyJob(models.Model):
     charged = models.DecimalField(null=True, blank=True, **MONEY_FIELD)
     settled_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)  # job cancelled or expired unused
+    # An authorize sent with an Idempotency-Key ("<token id>:<key>"): its request's digest and
+    # the answer it got, replayed to a retry; written in the transaction that holds the credits.
+    idempotency_key = models.CharField(  # noqa: DJ001 (null: no key, outside the constraint)
+        max_length=240, null=True, blank=True, editable=False
+    )
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
+    first_response = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="keyjob_idempotency_key_unique",
+            ),
+        ]
         indexes = [
             # Usage of a key today and this month (portal list, GET /api/v1/key).
             models.Index(fields=["key", "created_at"], name="keyjob_key_usage"),
