@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from keys.models import ApiKey, KeyJob, KeyLimit
 from keys.services import key_revoke
@@ -73,7 +74,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         # Only what the page edits: a full-row save would write back a revocation, a cap count
         # or a rotation made meanwhile.
-        obj.save(update_fields=["name", "expires_at", "updated_at"])
+        fields = ["name", "expires_at", "updated_at"]
+        if obj.expired_at is not None and (
+            obj.expires_at is None or obj.expires_at > timezone.now()
+        ):
+            obj.expired_at = None  # extended: active again, and marked again when it passes
+            fields.append("expired_at")
+        obj.save(update_fields=fields)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the full key must be shown once, to whoever creates it: the portal or API

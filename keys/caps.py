@@ -46,11 +46,17 @@ SELECT credit_limit - CASE WHEN %(period)s::timestamptz > credit_period_start
   FROM keys_apikey WHERE id = %(id)s
 """
 
+# Replaces a job's hold by its charge. The hold is taken off only if the row is still in the
+# period the hold was counted in (%(held_in)s); after a new period began, the charge alone counts
+# in it. Decided under the row's lock, not from a clock read before waiting for it.
 _ADJUST = """
 UPDATE keys_apikey
    SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
                    OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
-                 THEN 0 ELSE credit_used END + %(delta)s,
+                 THEN 0 ELSE credit_used END
+                 + CASE WHEN GREATEST(credit_period_start, %(period)s::timestamptz)
+                             IS NOT DISTINCT FROM %(held_in)s::timestamptz
+                        THEN %(charged)s - %(held)s ELSE %(charged)s END,
        credit_period_start = GREATEST(credit_period_start, %(period)s::timestamptz)
  WHERE id = %(id)s AND credit_limit IS NOT NULL
 """
@@ -71,12 +77,14 @@ WITH cap AS (
        AND CASE WHEN %(period)s::timestamptz > credit_period_start
                    OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
                  THEN 0 ELSE credit_used END + %(held)s <= credit_limit
-    RETURNING credit_limit - credit_used AS remaining
+    RETURNING credit_limit - credit_used AS remaining, credit_period_start AS counted_in
 )
 INSERT INTO keys_keyjob
        (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at,
         request_fingerprint)
-SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s, %(period)s, %(at)s, ''
+SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s,
+       CASE WHEN %(limited)s THEN (SELECT counted_in FROM cap) ELSE %(period)s::timestamptz END,
+       %(at)s, ''
   FROM metering_job job
  WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
 RETURNING (SELECT remaining FROM cap)
@@ -131,16 +139,15 @@ def cap_remaining(key_id: int, period: datetime | None) -> Decimal:
 
 
 def _cap_adjust(key_job: KeyJob, charged: Decimal, now: datetime, period_kind: str) -> None:
-    """Replace the job's hold by what it was charged: in the hold's period if that is still the
-    current one, else the charge alone counts in the current period."""
-    period = cap_period_start(period_kind, now)
-    same_period = period == key_job.cap_period_start
+    """Replace the job's hold by what it was charged (see _ADJUST)."""
     execute_prepared(
         _ADJUST,
         {
             "id": key_job.key_id,
-            "period": period,
-            "delta": charged - key_job.cap_held if same_period else charged,
+            "period": cap_period_start(period_kind, now),
+            "held_in": key_job.cap_period_start,
+            "held": key_job.cap_held,
+            "charged": charged,
         },
     )
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -93,15 +94,19 @@ def _day_start(now: datetime) -> datetime:
 
 
 def key_usage(key_ids: list[int], *, since: datetime) -> dict[int, KeyUsage]:
-    """Per key: requests authorized since `since`, their actual units and what they were
-    charged (the job's charges, however its usage was posted)."""
+    """Per key: requests authorized since `since`, and the actual units and charges of those
+    settled since then (the job's charges, however its usage was posted). A job is settled
+    within RESERVATION_TTL_SECONDS of its authorize, or released, which bounds the scan."""
+    settled = Q(settled_at__gte=since)
+    oldest = since - timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
     rows = (
-        KeyJob.objects.filter(key_id__in=key_ids, created_at__gte=since)
+        KeyJob.objects.filter(key_id__in=key_ids, created_at__gte=oldest)
+        .filter(Q(created_at__gte=since) | settled)
         .values("key_id")
         .annotate(
-            requests=Count("id"),
-            units=Coalesce(Sum("units"), 0),
-            charged=Coalesce(Sum("job__charged_amount"), ZERO),
+            requests=Count("id", filter=Q(created_at__gte=since)),
+            units=Coalesce(Sum("units", filter=settled), 0),
+            charged=Coalesce(Sum("job__charged_amount", filter=settled), ZERO),
         )
     )
     usage = {key_id: KeyUsage(0, 0, ZERO) for key_id in key_ids}

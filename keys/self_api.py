@@ -209,7 +209,7 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
         ],
     )
 
-    cap = None
+    cap, cap_overspent = None, False
     budget = project_balances([project])[0].spendable
     available = budget
     if key.credit_limit is not None:
@@ -224,6 +224,7 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
             "remaining": str(max(remaining, ZERO)),
         }
         budget = min(budget, remaining)
+        cap_overspent = remaining < 0
 
     discount = discount_rate(lab=project.lab, at=now)
     services = []
@@ -245,6 +246,8 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
         else:
             affordable = units_affordable(price_tiers(price), discount, budget)
             priced = True
+        if cap_overspent:
+            affordable = 0  # authorize refuses even a free request once the cap is overspent
         services.append(
             {
                 "service": slug,
