@@ -87,14 +87,22 @@ class TopUpForm(forms.Form):
         label="Save the payment method for auto-recharge", required=False
     )
 
-    def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, lab: Lab, can_save_payment_method: bool = False, **kwargs: Any
+    ) -> None:
+        """`can_save_payment_method`: the payer is an owner or admin of the lab. Auto-recharge
+        charges the saved card, and only they set auto-recharge, so only they may replace it;
+        for anyone else the field is left out (and a posted value ignored)."""
         super().__init__(*args, **kwargs)
         self.fields["preset"].choices = [(str(a), str(a)) for a in settings.TOPUP_PRESET_AMOUNTS]
         self.fields["target"].choices = _target_choices(lab)
+        if not can_save_payment_method:
+            del self.fields["save_payment_method"]
         self.lab = lab
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        data.setdefault("save_payment_method", False)
         raw = (data.get("amount") or "").strip() or data.get("preset")
         if not raw:
             if "preset" not in self.errors:

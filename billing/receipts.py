@@ -72,7 +72,9 @@ def receipt_send(*, topup_id: int) -> bool:
             recipients,
         )
     except Exception:
-        TopUp.objects.filter(pk=topup.pk).update(receipt_sent_at=None)  # let the retry send it
+        # Nothing went out: give the claim back so the task's retry (SMTP and OSError
+        # included, billing/tasks.py) sends it.
+        TopUp.objects.filter(pk=topup.pk).update(receipt_sent_at=None)
         raise
     return True
 

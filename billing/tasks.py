@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import smtplib
+
 from celery import shared_task
 
 from billing import auto_recharge, receipts, sweeps
@@ -12,6 +14,19 @@ from core.tasks import RETRY_ON_DB_ERRORS
 RETRY_ON_PROVIDER_ERRORS = {
     **RETRY_ON_DB_ERRORS,
     "autoretry_for": (*RETRY_ON_DB_ERRORS["autoretry_for"], PaymentProviderError),
+}
+# A mail server that is down or drops the connection: nothing went out (receipt_send gives its
+# claim back), so try again, from half a minute up to an hour apart, for several hours.
+RETRY_ON_MAIL_ERRORS = {
+    **RETRY_ON_PROVIDER_ERRORS,
+    "autoretry_for": (
+        *RETRY_ON_PROVIDER_ERRORS["autoretry_for"],
+        smtplib.SMTPException,
+        OSError,  # refused connections, timeouts, TLS errors
+    ),
+    "retry_backoff": 30,
+    "retry_backoff_max": 3600,
+    "max_retries": 10,
 }
 
 
@@ -25,7 +40,7 @@ def ledger_audit() -> int:
     return len(sweeps.ledger_audit_report())
 
 
-@shared_task(name="billing.topup_receipt_send", **RETRY_ON_PROVIDER_ERRORS)
+@shared_task(name="billing.topup_receipt_send", **RETRY_ON_MAIL_ERRORS)
 def topup_receipt_send(topup_id: int) -> bool:
     return receipts.receipt_send(topup_id=topup_id)
 
@@ -35,7 +50,7 @@ def auto_recharge_pay(topup_id: int) -> str | None:
     return auto_recharge.recharge_pay(topup_id=topup_id)
 
 
-@shared_task(name="billing.auto_recharge_disabled_mail", **RETRY_ON_DB_ERRORS)
+@shared_task(name="billing.auto_recharge_disabled_mail", **RETRY_ON_MAIL_ERRORS)
 def auto_recharge_disabled_mail(setting_id: int) -> bool:
     return receipts.auto_recharge_disabled_send(setting_id=setting_id)
 

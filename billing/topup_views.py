@@ -41,7 +41,7 @@ def _auto_recharge_initial(setting: AutoRecharge | None) -> dict[str, object]:
         return {"threshold": "10", "amount": "25", "monthly_cap": "100"}
     return {
         "enabled": setting.enabled,
-        "threshold": setting.threshold.normalize(),
+        "threshold": f"{setting.threshold.normalize():f}",  # 100, not 1E+2
         "amount": from_minor(setting.amount_minor, currency=setting.currency),
         "monthly_cap": from_minor(setting.monthly_cap_minor, currency=setting.currency),
         "target": str(setting.project.uuid) if setting.project else "",
@@ -67,7 +67,12 @@ def _render_billing(
         "grants": selectors.grant_list(actor=request.user, lab=lab),
         "topups": selectors.topup_list(actor=request.user, lab=lab),
         "debt": selectors.lab_debt(lab=lab),
-        "topup_form": topup_form or TopUpForm(lab=lab, initial={"preset": "25"}),
+        "topup_form": topup_form
+        or TopUpForm(
+            lab=lab,
+            can_save_payment_method=account_selectors.lab_role_can_manage(role),
+            initial={"preset": "25"},
+        ),
         "topup_errors": _errors(topup_form) if topup_form is not None else [],
         "recharge_form": recharge_form
         or AutoRechargeForm(lab=lab, initial=_auto_recharge_initial(setting)),
@@ -119,7 +124,10 @@ def lab_topup(request: HttpRequest, lab_id: str) -> HttpResponse:
     """Start a top-up: the pending row commits first, then Stripe Checkout (or the test-mode
     page) takes the payer."""
     lab = _visible_lab(request, lab_id)
-    form = TopUpForm(request.POST, lab=lab)
+    role = account_selectors.membership_role(user=request.user, lab=lab)
+    form = TopUpForm(
+        request.POST, lab=lab, can_save_payment_method=account_selectors.lab_role_can_manage(role)
+    )
     if not form.is_valid():
         return _render_billing(request, lab, topup_form=form, status=400)
     data = form.cleaned_data

@@ -13,10 +13,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
-from accounts.models import Lab, Project, Role, User
+from accounts.models import Lab, Membership, Project, Role, User
 from billing import services, stripe_gateway
 from billing.currency import (
     amount_format,
@@ -35,7 +35,9 @@ from billing.models import (
     Grant,
     GrantBalance,
     GrantSource,
+    JournalLine,
     LabDebt,
+    LedgerAccount,
     StripeCustomer,
     TopUp,
     TopUpKind,
@@ -227,7 +229,7 @@ def topup_credit(*, topup: TopUp, payment: Payment) -> bool:
     _debts_repay(topup)
     if topup.refunded_minor or topup.disputed_minor:  # its refund arrived first
         topup_refunds_record(topup=topup)
-    if topup.save_payment_method and payment.payment_method_id:
+    if topup.save_payment_method and payment.payment_method_id and _may_save_card(topup):
         StripeCustomer.objects.filter(lab=topup.lab).update(
             payment_method_id=payment.payment_method_id,
             payment_method_label=payment.payment_method_label[:100],
@@ -239,6 +241,26 @@ def topup_credit(*, topup: TopUp, payment: Payment) -> bool:
 
     transaction.on_commit(lambda: tasks.topup_receipt_send.delay(topup.pk))
     return True
+
+
+def _may_save_card(topup: TopUp) -> bool:
+    """Whether whoever started the top-up may (still) replace the card auto-recharge charges:
+    an owner or admin of the lab, like for setting auto-recharge."""
+    if topup.created_by is None:
+        return False
+    role = (
+        Membership.objects.filter(user=topup.created_by, lab=topup.lab)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if role in (Role.OWNER, Role.ADMIN):
+        return True
+    logger.warning(
+        "top-up %s: %s may not save a payment method for auto-recharge; card not saved",
+        topup.uuid,
+        topup.created_by,
+    )
+    return False
 
 
 def topup_fail(*, topup: TopUp, message: str, expired: bool = False) -> bool:
@@ -289,10 +311,19 @@ def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0, disputed_mino
     topup.save()
 
 
+# Entries that return a grant's credits to the system account without the lab using them.
+_RETURNED_UNUSED = (EntryType.VOID, EntryType.EXPIRE, EntryType.DEPLETE, EntryType.RELEASE)
+
+
+def _grant_lines_on(account: LedgerAccount, grant_id: int) -> QuerySet[JournalLine]:
+    return JournalLine.objects.filter(account=account, grant_id=grant_id)
+
+
 def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     """Take back the credits refunded or disputed so far and not yet taken: what is left of the
-    top-up's grant in the lab and its project budgets (not credits held by running jobs); the
-    rest becomes a debt that the lab's next top-ups repay first. Returns the credits taken.
+    top-up's grant in the lab and its project budgets (not credits held by running jobs); of
+    the rest, what the lab used becomes a debt that the lab's next top-ups repay first (credits
+    already returned to the system account unused are not owed). Returns the credits taken.
     A part of the payment takes back the same part of the credits it bought (not at today's
     CREDITS_PER_CURRENCY_UNIT)."""
     owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
@@ -315,15 +346,29 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
                 Leg(system.pk, topup.grant_id, part),
             ]
             taken += part
+    # Only what the lab used is owed: credits of the grant that already went back to the
+    # system account unused (voided, expired, depleted, or released from a hold after that) or
+    # that earlier refunds took back are not owed again.
+    back_to_system = _grant_lines_on(system, topup.grant_id)
+    returned = back_to_system.filter(entry__type__in=_RETURNED_UNUSED).aggregate(
+        total=Sum("amount")
+    )["total"] or Decimal(0)
+    taken_before = back_to_system.filter(entry__type=EntryType.CHARGEBACK).aggregate(
+        total=Sum("amount")
+    )["total"] or Decimal(0)
+    owed_before = LabDebt.objects.filter(topup=topup).aggregate(total=Sum("amount"))[
+        "total"
+    ] or Decimal(0)
     tags = {"topup": str(topup.uuid), "reason": reason}
     if legs:
         entry_post(type=EntryType.CHARGEBACK, legs=legs, reason=f"Stripe {reason}", metadata=tags)
-    if wanted > taken:
-        LabDebt.objects.create(lab=topup.lab, topup=topup, amount=wanted - taken, reason=reason)
+    used = max(target - taken_before - taken - returned, Decimal(0))
+    if used > owed_before:
+        LabDebt.objects.create(lab=topup.lab, topup=topup, amount=used - owed_before, reason=reason)
         logger.warning(
             "top-up %s: %s credits of a %s were already spent; recorded as the lab's debt",
             topup.uuid,
-            wanted - taken,
+            used - owed_before,
             reason,
         )
     topup.credits_taken_back = target

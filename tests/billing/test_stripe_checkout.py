@@ -14,7 +14,7 @@ def topup_post(client, cast, **data):
 
 @pytest.mark.django_db
 def test_a_top_up_opens_a_checkout_session_for_the_labs_one_customer(client, cast, stripe_fake):
-    client.force_login(cast.bob)  # a plain member may add credits to the lab
+    client.force_login(cast.alice)  # only owners and admins may save the card for auto-recharge
     response = topup_post(client, cast, preset="25", save_payment_method="on")
     topup = TopUp.objects.get()
     assert response.status_code == 302
@@ -25,7 +25,7 @@ def test_a_top_up_opens_a_checkout_session_for_the_labs_one_customer(client, cas
         2500,
         Decimal(25),
     )
-    assert topup.created_by == cast.bob
+    assert topup.created_by == cast.alice
 
     customer_call, session_call = stripe_fake.requests
     assert customer_call.path == "/v1/customers"
@@ -46,6 +46,7 @@ def test_a_top_up_opens_a_checkout_session_for_the_labs_one_customer(client, cas
     assert not any(key.startswith("payment_method_types") for key in params)
 
     # The second top-up reuses the customer and saves no card unless asked.
+    client.force_login(cast.bob)  # a plain member may add credits to the lab
     topup_post(client, cast, amount="10.50")
     assert len(stripe_fake.writes("/v1/customers")) == 1
     second = stripe_fake.writes("/v1/checkout/sessions")[-1].params

@@ -8,17 +8,21 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date
 
 from billing import stripe_gateway
-from billing.reconcile import stripe_reconcile
+from billing.reconcile import EARLIEST, stripe_reconcile
 from core.cli import moment
 
 
 def day_or_moment(value: str) -> datetime:
-    """2026-01-31 (midnight UTC) or an ISO-8601 moment."""
+    """2026-01-31 (midnight UTC) or an ISO-8601 moment, not before 1970 (Stripe's timestamps
+    are Unix seconds; earlier dates would also overflow the look-back arithmetic)."""
     try:
         day = parse_date(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a date: {value!r}") from exc
-    return datetime.combine(day, time(), tzinfo=UTC) if day else moment(value)
+    when = datetime.combine(day, time(), tzinfo=UTC) if day else moment(value)
+    if when < EARLIEST:
+        raise argparse.ArgumentTypeError(f"{value!r} is before {EARLIEST:%Y-%m-%d}")
+    return when
 
 
 class Command(BaseCommand):
