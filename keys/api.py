@@ -148,9 +148,10 @@ class AuthorizeView(APIView):
             key, service, units = _authorize_input(request.data)
         except BadRequest as exc:
             return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=str(exc)))
-        header = request.headers.get("Idempotency-Key", "").strip()
-        if len(header) > MAX_LENGTH:
-            message = f"Idempotency-Key: at most {MAX_LENGTH} characters."
+        raw_header = request.headers.get("Idempotency-Key")
+        header = (raw_header or "").strip(" \t")
+        if len(header) > MAX_LENGTH or not header.isprintable() or (raw_header and not header):
+            message = f"Idempotency-Key: at most {MAX_LENGTH} printable characters."
             return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=message))
         token: ServiceToken = request.auth
         return _decision_response(

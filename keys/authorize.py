@@ -33,8 +33,8 @@ from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
 from keys import ratelimit
 from keys.caps import CapExceededError, cap_hold_plan, cap_period_start, cap_remaining
-from keys.models import ALL_SERVICES
-from keys.replays import Idempotency, first_answer
+from keys.models import ALL_SERVICES, KeyJob
+from keys.replays import Idempotency, claimed, first_answer
 from metering.cost import Tier, usage_cost
 from metering.models import ServiceType
 from metering.reservations import reservation_job_plan
@@ -349,10 +349,18 @@ def authorize_once(
     idempotency = Idempotency.of(
         token_id=token.pk, header=header, raw_key=raw_key, slug=slug, units=units
     )
-    answer = first_answer(idempotency)
-    if answer is not None:
-        return _replayed(*answer)
-    return authorize(token=token, raw_key=raw_key, slug=slug, units=units, idempotency=idempotency)
+    with claimed(idempotency):
+        answer = first_answer(idempotency)
+        if answer is not None:
+            return _replayed(*answer)
+        used = KeyJob.objects.filter(idempotency_key=idempotency.key).exists()
+        return authorize(  # a key whose answer no longer holds: decided again, not remembered
+            token=token,
+            raw_key=raw_key,
+            slug=slug,
+            units=units,
+            idempotency=None if used else idempotency,
+        )
 
 
 def _reserve(

@@ -166,8 +166,10 @@ class KeyJob(models.Model):
             ),
         ]
         indexes = [
-            # Usage of a key today and this month (portal list, GET /api/v1/key).
+            # Usage of a key today and this month (portal list, GET /api/v1/key): requests by
+            # when they were authorized, units and charges by when they were settled.
             models.Index(fields=["key", "created_at"], name="keyjob_key_usage"),
+            models.Index(fields=["key", "settled_at"], name="keyjob_key_settled"),
             # The release task: holds still counted against a cap.
             models.Index(
                 fields=["created_at"],

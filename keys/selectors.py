@@ -6,10 +6,9 @@ from __future__ import annotations
 import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -94,13 +93,11 @@ def _day_start(now: datetime) -> datetime:
 
 
 def key_usage(key_ids: list[int], *, since: datetime) -> dict[int, KeyUsage]:
-    """Per key: requests authorized since `since`, and the actual units and charges of those
-    settled since then (the job's charges, however its usage was posted). A job is settled
-    within RESERVATION_TTL_SECONDS of its authorize, or released, which bounds the scan."""
+    """Per key: requests authorized since `since`, and the actual units and charges of the jobs
+    settled since then (the job's charges, however its usage was posted)."""
     settled = Q(settled_at__gte=since)
-    oldest = since - timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
     rows = (
-        KeyJob.objects.filter(key_id__in=key_ids, created_at__gte=oldest)
+        KeyJob.objects.filter(key_id__in=key_ids)
         .filter(Q(created_at__gte=since) | settled)
         .values("key_id")
         .annotate(
