@@ -12,7 +12,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -151,9 +150,7 @@ def lab_topup(request: HttpRequest, lab_id: str) -> HttpResponse:
             test_mode_url=reverse("topup_test_checkout", args=[lab.uuid, topup.uuid]),
         )
     except PaymentProviderError as exc:
-        with transaction.atomic():
-            locked = TopUp.objects.select_for_update().get(pk=topup.pk)
-            topups.topup_fail(topup=locked, message=exc.message)
+        topups.topup_start_failed(topup=topup, message=exc.message)
         messages.error(request, f"Stripe could not start the payment: {exc.message}")
         return redirect("lab_billing", lab_id=lab.uuid)
     return redirect(url)

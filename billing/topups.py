@@ -277,6 +277,13 @@ def topup_fail(*, topup: TopUp, message: str, expired: bool = False) -> bool:
     return True
 
 
+def topup_start_failed(*, topup: TopUp, message: str) -> bool:
+    """Stripe refused to start the payment of a pending top-up: it fails, under its row lock."""
+    with transaction.atomic():
+        locked = TopUp.objects.select_for_update().get(pk=topup.pk)
+        return topup_fail(topup=locked, message=message)
+
+
 def _auto_recharge_failure_count(topup: TopUp) -> None:
     setting = AutoRecharge.objects.select_for_update().filter(lab=topup.lab).first()
     if setting is None:

@@ -6,12 +6,9 @@ body whatever happens. Usage answers like the rest of /api/v1 (errors as `error_
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
-from django.db import transaction
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import JSONParser
@@ -24,12 +21,9 @@ from accounts.authentication import ServiceTokenAuthentication
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
 from core.accounting import StrictSerializer
-from keys import ratelimit
 from keys.authorize import UNITS_MAX, Code, Decision, authorize_once
-from keys.caps import key_job_for, key_job_settle
-from keys.models import ALL_SERVICES, KeyJob
+from keys.caps import key_job_for, key_job_usage_record
 from keys.replays import MAX_LENGTH
-from metering import usage
 from metering.errors import JobNotFoundError
 
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
@@ -188,19 +182,7 @@ class AuthorizedUsageView(APIView):
         key_job = key_job_for(data["job_id"])
         if key_job is None or (token.lab_id is not None and key_job.job.lab_id != token.lab_id):
             raise JobNotFoundError()
-        with transaction.atomic():
-            job = usage.oneshot_usage_record(
-                job_uuid=key_job.job.uuid,
-                project=key_job.job.project,
-                subtype=key_job.service_slug,
-                count=data["units"],
-                at=timezone.now(),
-                actor=token,
-            )
-            key_job = key_job_settle(
-                key_job=key_job, units=data["units"], charged=job.charged_amount
-            )
-            transaction.on_commit(lambda: _window_correct(key_job, data["units"]))
+        job = key_job_usage_record(key_job=key_job, units=data["units"], token=token)
         return Response(
             {
                 "job_id": str(job.uuid),
@@ -208,15 +190,4 @@ class AuthorizedUsageView(APIView):
                 "charged": str(job.charged_amount),
                 "reserved": str(job.reserved_amount),
             }
-        )
-
-
-def _window_correct(key_job: KeyJob, units: int) -> None:
-    # Redis down: the estimate stays counted until it leaves the window, within a minute.
-    with contextlib.suppress(ratelimit.RateLimiterUnavailable):
-        ratelimit.units_correct(
-            key_id=key_job.key_id,
-            scopes=[ALL_SERVICES, key_job.service_slug],
-            member=str(key_job.job.uuid),
-            units=units,
         )

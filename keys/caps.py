@@ -5,6 +5,7 @@ in the period it was made; a new period starts from zero."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid as uuid_lib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import ServiceToken
 from core.db import execute_prepared
-from keys.models import CreditPeriod, KeyJob
+from keys import ratelimit
+from keys.models import ALL_SERVICES, CreditPeriod, KeyJob
+from metering import usage
+from metering.models import Job
 
 
 class CapExceededError(Exception):
@@ -197,3 +202,33 @@ def key_jobs_release(*, now: datetime | None = None, batch: int = 500) -> int:
 
 def key_job_for(job_uuid: uuid_lib.UUID) -> KeyJob | None:
     return KeyJob.objects.select_related("key", "job").filter(job__uuid=job_uuid).first()
+
+
+def key_job_usage_record(*, key_job: KeyJob, units: int, token: ServiceToken) -> Job:
+    """Settle an authorized job with its actual units, like oneshot usage (the hold first, the
+    project for any excess, the rest released), and move the key's cap from the hold to the
+    charge, in one transaction; after it commits, the units/min window takes the actual units.
+    The same units again answer the same; other units are JobAlreadyFinishedError (409)."""
+    with transaction.atomic():
+        job = usage.oneshot_usage_record(
+            job_uuid=key_job.job.uuid,
+            project=key_job.job.project,
+            subtype=key_job.service_slug,
+            count=units,
+            at=timezone.now(),
+            actor=token,
+        )
+        key_job = key_job_settle(key_job=key_job, units=units, charged=job.charged_amount)
+        transaction.on_commit(lambda: _window_correct(key_job, units))
+    return job
+
+
+def _window_correct(key_job: KeyJob, units: int) -> None:
+    # Redis down: the estimate stays counted until it leaves the window, within a minute.
+    with contextlib.suppress(ratelimit.RateLimiterUnavailable):
+        ratelimit.units_correct(
+            key_id=key_job.key_id,
+            scopes=[ALL_SERVICES, key_job.service_slug],
+            member=str(key_job.job.uuid),
+            units=units,
+        )
