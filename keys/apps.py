@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class KeysConfig(AppConfig):
@@ -6,3 +7,8 @@ class KeysConfig(AppConfig):
 
     name = "keys"
     verbose_name = "API keys"
+
+    def ready(self) -> None:
+        from keys import hold_function
+
+        post_migrate.connect(hold_function.install, sender=self)

@@ -6,7 +6,7 @@ credits. If all pass, a reservation holds the estimated cost and its job id is r
 
 The key, its project, the service, the key's limits, the current price and the lab's discount
 come from one prepared statement: nothing is cached in process, so a revocation or a new price
-applies to the very next call. The cap and the hold are written in one transaction.
+applies to the very next call. The job, the hold and the cap are written by one function call.
 """
 
 from __future__ import annotations
@@ -26,18 +26,19 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accounts.models import Project, ServiceToken
-from billing.errors import InsufficientFundsError
-from billing.holds import hold_plan
-from core.db import execute_pipelined, execute_prepared
+from billing import recharge_trigger
+from billing.ledger import project_ref
+from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
 from keys import ratelimit
-from keys.caps import CapExceededError, cap_hold_plan, cap_period_start, cap_remaining
+from keys.caps import cap_period_start, cap_remaining
+from keys.hold_function import CapExceeded, FundsShort, HoldCall, hold_call
 from keys.models import ALL_SERVICES, KeyJob
 from keys.replays import Idempotency, claimed, first_answer
 from metering.cost import Tier, usage_cost
 from metering.models import ServiceType
-from metering.reservations import reservation_job_plan
+from metering.reservations import reservation_job_new
 
 logger = logging.getLogger(__name__)
 
@@ -374,26 +375,16 @@ def _reserve(
     now: datetime,
     idempotency: Idempotency | None = None,
 ) -> Decision | None:
-    """Cap, job and hold in one transaction of two round trips: every statement in one
-    pipeline, then COMMIT (or ROLLBACK when the cap or the project refused). Returns the
-    refusal, or None when all is held."""
+    """Job, hold, cap and KeyJob row in one call of keys.hold_function, which commits by
+    itself (with the idempotency record, both in one transaction). Returns the refusal, or
+    None when all is held."""
     period = cap_period_start(row.credit_limit_period, now)
     if cost >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
         if row.credit_limit is not None and cap_remaining(row.id, period) < cost:
             return _cap_refusal(decision, row, period)  # the cap is checked before the project
         return _funds_refusal(decision, cost)
     project = Project(pk=row.project_id, lab_id=row.lab_id)
-    cap = cap_hold_plan(
-        key_id=row.id,
-        job_uuid=job_uuid,
-        slug=slug,
-        units=units,
-        amount=cost,
-        period=period,
-        limited=row.credit_limit is not None,
-        now=now,
-    )
-    _, job_insert = reservation_job_plan(
+    job = reservation_job_new(
         project=project,
         service_id=row.service_id,  # type: ignore[arg-type]
         kind=ServiceType.ONESHOT,
@@ -403,23 +394,37 @@ def _reserve(
         job_uuid=job_uuid,
         at=now,
     )
-    hold = hold_plan(project=project, amount=cost, job_uuid=job_uuid, actor=token)
-    hold_statements = hold.statements if cost > 0 else []
-    statements = [job_insert, *hold_statements, cap.statement]
+    call = HoldCall(
+        job=job,
+        key_id=row.id,
+        limited=row.credit_limit is not None,
+        slug=slug,
+        units=units,
+        amount=cost,
+        period=period,
+        actor_token_id=token.pk,
+        at=now,
+    )
+
+    def held() -> None:
+        remaining = hold_call(call)
+        decision.job_id = job_uuid
+        if remaining is not None:
+            decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
+        if idempotency is not None:
+            execute_prepared(_REMEMBER, _remembered(idempotency, job_uuid, decision))
+        if cost > 0:
+            recharge_trigger.debited([project_ref(project)])
+
     try:
-        with transaction.atomic():
-            results = execute_pipelined(*statements)
-            remaining = cap.remaining(results[-1])  # the cap is checked before the project
-            if cost > 0 and not hold.held(results[1:3]):
-                raise InsufficientFundsError(requested_amount=cost)
-            decision.job_id = job_uuid
-            if remaining is not None:
-                decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
-            if idempotency is not None:
-                execute_prepared(_REMEMBER, _remembered(idempotency, job_uuid, decision))
-    except CapExceededError:
+        if idempotency is None:
+            held()
+        else:
+            with transaction.atomic():
+                held()
+    except CapExceeded:
         return _cap_refusal(decision, row, period)
-    except InsufficientFundsError:
+    except FundsShort:
         return _funds_refusal(decision, cost)
     return None
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid as uuid_lib
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -22,10 +20,6 @@ from keys import ratelimit
 from keys.models import ALL_SERVICES, CreditPeriod, KeyJob
 from metering import usage
 from metering.models import Job
-
-
-class CapExceededError(Exception):
-    """The key's cap does not cover the amount (raised inside the transaction to undo it)."""
 
 
 def cap_period_start(period: str, now: datetime) -> datetime | None:
@@ -69,9 +63,9 @@ UPDATE keys_apikey
 
 # Counts the hold against the cap (keys with one: `limited`) and records the job as the key's,
 # in one statement, or writes nothing when the cap does not cover the amount. It runs last in
-# authorize's pipeline: after the job's INSERT (which it reads) and the ledger's account locks,
+# keys.hold_function: after the job's INSERT (which it reads) and the ledger's account locks,
 # so that the key's row is locked after the accounts, as settling a job locks them.
-_CAP_AND_KEY_JOB = """
+CAP_AND_KEY_JOB = """
 WITH cap AS (
     UPDATE keys_apikey
        SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
@@ -94,45 +88,6 @@ SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s,
  WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
 RETURNING (SELECT remaining FROM cap)
 """
-
-
-@dataclass(frozen=True)
-class CapPlan:
-    """The statement that counts an authorization against its key, for the caller's pipeline."""
-
-    statement: tuple[str, dict[str, object]]
-    limited: bool
-
-    def remaining(self, result: list[tuple[Any, ...]]) -> Decimal | None:
-        """What the cap has left; None without a cap. CapExceededError when it did not cover
-        the amount (the caller's transaction must then roll back)."""
-        if not result:
-            raise CapExceededError()
-        return result[0][0] if self.limited else None
-
-
-def cap_hold_plan(
-    *,
-    key_id: int,
-    job_uuid: uuid_lib.UUID,
-    slug: str,
-    units: int,
-    amount: Decimal,
-    period: datetime | None,
-    limited: bool,
-    now: datetime,
-) -> CapPlan:
-    params: dict[str, object] = {
-        "key": key_id,
-        "limited": limited,
-        "slug": slug,
-        "units": units,
-        "held": amount if limited else Decimal(0),
-        "period": period,
-        "at": now,
-        "job": job_uuid,
-    }
-    return CapPlan((_CAP_AND_KEY_JOB, params), limited)
 
 
 def cap_remaining(key_id: int, period: datetime | None) -> Decimal:

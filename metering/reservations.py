@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid as uuid_lib
 from datetime import datetime, timedelta
@@ -10,10 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Field, JSONField, sql
+from django.db import transaction
 from django.utils import timezone
-from psycopg.types.json import Jsonb
 
 from accounts.models import Project, ServiceToken, User
 from billing import services as billing
@@ -52,7 +49,7 @@ def reservation_create(
         raise InsufficientFundsError(
             "Reservation not allowed because of insufficient funds", requested_amount=amount
         )
-    job, _ = reservation_job_plan(
+    job = reservation_job_new(
         project=project,
         service_id=service.pk,
         kind=service.type,
@@ -88,7 +85,7 @@ def reservation_release(
     return job, released
 
 
-def reservation_job_plan(
+def reservation_job_new(
     *,
     project: Project,
     service_id: int,
@@ -98,10 +95,9 @@ def reservation_job_plan(
     params: dict[str, Any],
     job_uuid: uuid_lib.UUID,
     at: datetime,
-) -> tuple[Job, tuple[str, list[Any]]]:
-    """The job row of an already priced reservation, and the statement inserting it, for a
-    caller that writes it in one round trip with its hold (billing.holds.hold_plan) and rows of
-    its own. The job is not saved until the caller runs the statement."""
+) -> Job:
+    """The unsaved job row of an already priced reservation (authorize writes it in the
+    statement that writes its hold: keys.hold_function)."""
     job = Job(
         uuid=job_uuid,
         lab_id=project.lab_id,
@@ -115,26 +111,7 @@ def reservation_job_plan(
         reservation_expires_at=at + timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
     )
     job.created_at = job.updated_at = timezone.now()
-    statement, fields = _job_insert()
-    # psycopg adapts these types itself; only JSON needs a wrapper (Django's per-field
-    # preparation costs more than the statement on this hot path).
-    values = [
-        Jsonb(getattr(job, field.attname))
-        if isinstance(field, JSONField)
-        else getattr(job, field.attname)
-        for field in fields
-    ]
-    return job, (statement, values)
-
-
-@functools.cache
-def _job_insert() -> tuple[str, list[Field]]:
-    """The INSERT of a job row, as Django's compiler writes it, built once per process."""
-    fields = [field for field in Job._meta.local_concrete_fields if not field.primary_key]
-    query = sql.InsertQuery(Job)
-    query.insert_values(fields, [Job()])
-    [(statement, _)] = query.get_compiler(connection=connection).as_sql()
-    return statement, fields
+    return job
 
 
 def reservations_expire(*, now: datetime | None = None, batch: int = 500) -> int:
