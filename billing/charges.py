@@ -30,7 +30,7 @@ from billing.errors import InsufficientFundsError
 from billing.ledger import LEGS_APPLIED, AccountRef, Actor, Leg
 from billing.models import AccountType, EntryType, Grant, GrantBalance, JournalLine
 from billing.services import system_account_get_or_create
-from core.db import execute_prepared
+from core.db import Columns, execute_prepared
 
 ZERO = Decimal(0)
 BURN_ORDER = ("priority", "expires_at", "created_at", "id")  # nulls last: PostgreSQL's default
@@ -133,7 +133,7 @@ HAVING SUM(l.amount) > 0
 def _held_by_job(reservation_ids: list[int], job_uuids: list[uuid_lib.UUID]) -> dict:
     """What each job still holds, grant by grant, in burn order: {job uuid: lots}."""
     rows = execute_prepared(_HELD, {"accounts": reservation_ids, "jobs": job_uuids})
-    grants = Grant.objects.in_bulk({grant_id for _, grant_id, _ in rows})
+    grants = _grants_by_id(sorted({grant_id for _, grant_id, _ in rows}))
     held: dict[uuid_lib.UUID, Lots] = defaultdict(list)
     for job, grant_id, amount in rows:
         held[job].append((grants[grant_id], amount))
@@ -153,19 +153,29 @@ def _burn_key(grant: Grant) -> tuple:
     )
 
 
+_GRANT = Columns(Grant, "g")
+_GRANTS = f"SELECT {_GRANT.sql} FROM billing_grant g WHERE g.id = ANY(%(ids)s::bigint[])"
+# Each budget's positive remainders of grants in effect, in burn order (nulls last).
+_BUDGETS = f"""
+SELECT b.account_id, b.balance, {_GRANT.sql}
+  FROM billing_grantbalance b JOIN billing_grant g ON g.id = b.grant_id
+ WHERE b.account_id = ANY(%(accounts)s::bigint[]) AND b.balance > 0 AND g.effective_at <= %(at)s
+ ORDER BY {", ".join(f"g.{field}" for field in BURN_ORDER)}
+"""
+
+
+def _grants_by_id(ids: list[int]) -> dict[int, Grant]:
+    grants = [_GRANT.load(row) for row in execute_prepared(_GRANTS, {"ids": ids})] if ids else []
+    return {grant.pk: grant for grant in grants}
+
+
 def _budgets(budget_ids: list[int], at: datetime) -> dict[int, Lots]:
     """Each project budget's spendable grant remainders, in burn order: {account id: lots}."""
-    rows = (
-        GrantBalance.objects.filter(
-            account_id__in=budget_ids, balance__gt=0, grant__effective_at__lte=at
-        )
-        .select_related("grant")
-        .order_by(*(f"grant__{field}" for field in BURN_ORDER))
-    )
     lots: dict[int, Lots] = defaultdict(list)
-    for row in rows:
-        if _spendable(row.grant, at):
-            lots[row.account_id].append((row.grant, row.balance))
+    for row in execute_prepared(_BUDGETS, {"accounts": budget_ids, "at": at}):
+        grant = _GRANT.load(row, 2)
+        if _spendable(grant, at):
+            lots[row[0]].append((grant, row[1]))
     return lots
 
 

@@ -36,9 +36,10 @@ from keys.caps import cap_period_start, cap_remaining
 from keys.hold_function import CapExceeded, FundsShort, HoldCall, hold_call
 from keys.models import ALL_SERVICES, KeyJob
 from keys.replays import Idempotency, claimed, first_answer
-from metering.cost import Tier, usage_cost
+from metering.cost import usage_cost
 from metering.models import ServiceType
 from metering.reservations import reservation_job_new
+from metering.selectors import DISCOUNT_SQL, PRICE_ID_SQL, TIERS_SQL, tiers_of
 
 logger = logging.getLogger(__name__)
 
@@ -118,26 +119,18 @@ SELECT k.id, k.secret_hash, k.previous_secret_hash, k.previous_valid_until, k.re
                                          l.units_per_minute))
           FROM keys_keylimit l
          WHERE l.key_id = k.id AND l.service_slug IN ('*', %(slug)s)),
-       price.id,
-       (SELECT json_agg(json_build_array(t.min_quantity, t.max_quantity, t.fixed_cost::text,
-                                         t.multiplier::text) ORDER BY t.min_quantity)
-          FROM metering_pricetier t WHERE t.price_id = price.id),
-       (SELECT d.discount FROM metering_discount d
-         WHERE d.lab_id = p.lab_id AND d.valid_from <= %(now)s
-           AND (d.valid_to IS NULL OR d.valid_to > %(now)s)
-         ORDER BY d.valid_from DESC, d.id DESC LIMIT 1)
+       price.id, {tiers}, {discount}
   FROM keys_apikey k
   JOIN accounts_project p ON p.id = k.project_id
   LEFT JOIN metering_service s
     ON s.slug = %(slug)s AND s.type = 'oneshot' AND s.is_active AND NOT s.is_legacy
-  LEFT JOIN LATERAL (
-        SELECT pr.id FROM metering_price pr
-         WHERE pr.service_id = s.id AND (pr.lab_id IS NULL OR pr.lab_id = p.lab_id)
-           AND pr.valid_from <= %(now)s AND (pr.valid_to IS NULL OR pr.valid_to > %(now)s)
-         ORDER BY pr.lab_id NULLS LAST, pr.valid_from DESC, pr.id DESC LIMIT 1
-  ) price ON true
+  LEFT JOIN LATERAL (SELECT {price} AS id) price ON true
  WHERE k.lookup_id = %(lookup)s
-"""
+""".format(  # noqa: S608
+    price=PRICE_ID_SQL.format(service="s.id", lab="p.lab_id", at="%(now)s"),
+    tiers=TIERS_SQL.format(price="price.id"),
+    discount=DISCOUNT_SQL.format(lab="p.lab_id", at="%(now)s"),
+)
 
 
 @dataclass(frozen=True)
@@ -212,13 +205,6 @@ def _refusal(status: int, code: str, message: str, **kwargs: Any) -> Decision:
     return Decision(status=status, code=code, message=message, **kwargs)
 
 
-def _tiers(row: KeyRow) -> list[Tier]:
-    return [
-        Tier(int(lo), int(hi) if hi is not None else None, Decimal(fixed), Decimal(mult))
-        for lo, hi, fixed, mult in row.tiers or []
-    ]
-
-
 def _tightest(result: ratelimit.HitResult, kind: str) -> dict[str, int | None] | None:
     """The headline figures of one kind (requests, units): the scope with the fewest left."""
     limited = [s for s in result.scopes if getattr(s.limit, f"{kind}_per_minute") is not None]
@@ -276,7 +262,7 @@ def authorize(
         )
     _last_used_touch(row, now)
     discount = row.discount or Decimal(0)
-    cost = credits_quantize(usage_cost(_tiers(row), 0, units, discount))
+    cost = credits_quantize(usage_cost(tiers_of(row.tiers), 0, units, discount))
     decision = Decision(status=200, code=Code.ALLOWED, message="Allowed.", project=project)
     if row.credit_limit is not None:
         decision.credits = {"limit": str(row.credit_limit), "remaining": None}
@@ -400,10 +386,8 @@ def _reserve(
         limited=row.credit_limit is not None,
         slug=slug,
         units=units,
-        amount=cost,
         period=period,
-        actor_token_id=token.pk,
-        at=now,
+        token=token,
     )
 
     def held() -> None:

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class MeteringConfig(AppConfig):
@@ -6,3 +7,8 @@ class MeteringConfig(AppConfig):
 
     name = "metering"
     verbose_name = "Metering"
+
+    def ready(self) -> None:
+        from metering import reserve_sql
+
+        post_migrate.connect(reserve_sql.install, sender=self)

@@ -16,7 +16,7 @@ from accounts.models import Project, ServiceToken, User
 from billing import services as billing
 from billing.errors import InsufficientFundsError
 from core.money import MAX_CREDITS, credits_quantize
-from metering import selectors
+from metering import reserve_sql, selectors
 from metering.cost import usage_cost
 from metering.errors import JobAlreadyCancelledError, JobAlreadyStartedError
 from metering.models import Job, Service
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 RELEASE_REASON = "job_cancelled:release_reservation"
 
 
-@transaction.atomic
 def reservation_create(
     *,
     project: Project,
@@ -40,11 +39,11 @@ def reservation_create(
 ) -> Job:
     """A job with the estimated cost of `quantity` units held in the project's reservation
     account. 404 without a price; 402 INSUFFICIENT_FUNDS, with nothing written, when the
-    project's spendable budget does not cover it (equality is enough)."""
+    project's spendable budget does not cover it (equality is enough). The job and its hold
+    are one call (metering.reserve_sql)."""
     now = timezone.now()
-    price = selectors.price_current(service=service, lab=project.lab, at=now)
-    discount = selectors.discount_rate(lab=project.lab, at=now)
-    amount = credits_quantize(usage_cost(selectors.price_tiers(price), 0, quantity, discount))
+    pricing = selectors.pricing_current(service=service, lab=project.lab, at=now)
+    amount = credits_quantize(usage_cost(pricing.tiers, 0, quantity, pricing.discount))
     if amount >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
         raise InsufficientFundsError(
             "Reservation not allowed because of insufficient funds", requested_amount=amount
@@ -53,17 +52,14 @@ def reservation_create(
         project=project,
         service_id=service.pk,
         kind=service.type,
-        price_id=price.pk,
+        price_id=pricing.price_id,
         amount=amount,
         params=params,
         job_uuid=uuid_lib.uuid4(),
         at=now,
     )
     job.user_uuid, job.group_uuid, job.name = user_uuid, group_uuid, name
-    job.save(force_insert=True)
-    if amount > 0:
-        billing.hold_create(project=project, amount=amount, job_uuid=job.uuid, actor=actor)
-    return job
+    return reserve_sql.reservation_write(job, actor=actor)
 
 
 @transaction.atomic

@@ -15,9 +15,11 @@ from datetime import datetime
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from accounts import selectors as account_selectors
-from accounts.models import Project, ServiceToken
+from accounts.models import Lab, Project, ServiceToken
+from core.db import Columns, execute_prepared
 from metering import charging, selectors
 from metering.errors import (
     JobAlreadyFinishedError,
@@ -26,7 +28,7 @@ from metering.errors import (
     StorageOutOfOrderError,
     UsageError,
 )
-from metering.models import Job, Service, ServiceType
+from metering.models import Job, Price, Service, ServiceType
 
 Actor = ServiceToken | None
 
@@ -45,14 +47,44 @@ def _jobs_locked() -> QuerySet[Job]:
     )
 
 
+_JOB, _PROJECT, _LAB = Columns(Job, "j"), Columns(Project, "p"), Columns(Lab, "l")
+_SERVICE, _PRICE = Columns(Service, "s"), Columns(Price, "pr")
+# _jobs_locked() as one prepared statement: every usage event reads it.
+_EVENT_JOB = f"""
+SELECT {_JOB.sql}, {_PROJECT.sql}, {_LAB.sql}, {_SERVICE.sql}, {_PRICE.sql}
+  FROM metering_job j
+  JOIN accounts_project p ON p.id = j.project_id
+  JOIN accounts_lab l ON l.id = p.lab_id
+  JOIN metering_service s ON s.id = j.service_id
+  LEFT JOIN metering_price pr ON pr.id = j.price_id
+ WHERE j.uuid = %(uuid)s AND (%(lab)s::bigint IS NULL OR p.lab_id = %(lab)s::bigint)
+   FOR UPDATE OF j
+"""  # noqa: S608
+
+
 def _event_job_locked(job_uuid: uuid_lib.UUID, actor: Actor) -> Job:
     """The job an event names, locked, among those the caller may see."""
-    jobs = _jobs_locked().filter(uuid=job_uuid)
-    if actor is not None:
-        jobs = jobs.filter(project__in=account_selectors.project_list(actor=actor))
-    job = jobs.first()
+    if actor is None or isinstance(actor, ServiceToken):
+        params = {"uuid": job_uuid, "lab": actor.lab_id if actor is not None else None}
+        rows = execute_prepared(_EVENT_JOB, params)
+        job = _job_loaded(rows[0]) if rows else None
+    else:
+        jobs = _jobs_locked().filter(uuid=job_uuid)
+        job = jobs.filter(project__in=account_selectors.project_list(actor=actor)).first()
     if job is None:
         raise JobNotFoundError()
+    return job
+
+
+def _job_loaded(row: tuple) -> Job:
+    """A row of _EVENT_JOB as select_related would load it."""
+    parts, start = [], 0
+    for columns in (_JOB, _PROJECT, _LAB, _SERVICE, _PRICE):
+        parts.append(columns.load(row, start) if row[start] is not None else None)
+        start += len(columns)
+    job, project, lab, service, price = parts
+    project.lab = lab
+    job.project, job.service, job.price = project, service, price
     return job
 
 
@@ -96,15 +128,39 @@ def oneshot_usage_record(
                 return job
             raise JobAlreadyFinishedError()
         now = timezone.now()
-        discount = selectors.discount_rate(lab=job.project.lab, at=now)
-        amount = charging.cost_of(selectors.price_tiers(job.price), count, discount)
+        tiers, discount = selectors.price_rates(
+            price_id=job.price_id,  # type: ignore[arg-type]
+            lab_id=job.project.lab_id,
+            at=now,
+        )
+        amount = charging.cost_of(tiers, count, discount)
         charging.job_charge(job, amount, release_rest=True, reason="oneshot_usage", actor=actor)
         job.started_at = job.finished_at = job.last_alive_at = job.last_charged_at = at
-        job.closed_at = now
+        job.closed_at = job.updated_at = now
         job.usage_params = {"count": count}
         job.name = name or job.name
-        job.save()
+        execute_prepared(_ONESHOT_SETTLED, _settled(job))
         return job
+
+
+_ONESHOT_SETTLED = """
+UPDATE metering_job
+   SET started_at = %(at)s, finished_at = %(at)s, last_alive_at = %(at)s,
+       last_charged_at = %(at)s, closed_at = %(closed_at)s, updated_at = %(closed_at)s,
+       usage_params = %(usage_params)s, name = %(name)s, charged_amount = %(charged)s
+ WHERE id = %(id)s
+"""
+
+
+def _settled(job: Job) -> dict[str, object]:
+    return {
+        "at": job.finished_at,
+        "closed_at": job.closed_at,
+        "usage_params": Jsonb(job.usage_params),
+        "name": job.name,
+        "charged": job.charged_amount,
+        "id": job.pk,
+    }
 
 
 # Long-running ----------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""A reservation's writes as PostgreSQL functions: the job's row and its hold in one prepared
+call that commits by itself, instead of an INSERT, a savepoint, the ledger's lock and transfer
+and a COMMIT, each a round trip. The accounting routes and authorize (keys.hold_function) call
+them on every reservation.
+
+The functions are generated from the statements the Python paths run — the job's INSERT from
+the model, billing's account lock and transfer (burn order) — and installed again after every
+`migrate`, so none of them is written twice. Each statement of a PL/pgSQL function reads with a
+fresh snapshot, as separate statements do, so the transfer sees what a holder of the account
+locks committed before it got them."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid as uuid_lib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from accounts.models import Project, ServiceToken, User
+from billing import recharge_trigger
+from billing.errors import InsufficientFundsError
+from billing.ledger import project_ref, reservation_ref, transfer_plan
+from billing.models import EntryType
+from core.db import Params, statements_prepared
+from metering.models import Job
+
+HOLD = "metering_reservation_hold"  # the job and its hold; says whether the project covered it
+CREATE = "metering_reservation_create"  # the same, refused (FUNDS_SHORT) when it did not
+FUNDS_SHORT = "MBFND"  # SQLSTATEs the functions raise; each rolls the whole call back
+ACCOUNT_MISSING = "MBACC"
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def bound(sql: str, arguments: dict[str, str]) -> str:
+    """A psycopg statement with its %(name)s placeholders replaced by a function's arguments
+    (or literals); a placeholder without one is an error."""
+    return _PLACEHOLDER.sub(lambda match: arguments[match.group(1)], sql.strip())
+
+
+def _job_columns() -> list[str]:
+    return [f.column for f in Job._meta.local_concrete_fields if not f.primary_key]
+
+
+def functions_sql() -> str:
+    """CREATE OR REPLACE FUNCTION of both, from the statements of the Python paths."""
+    dummy = Project(pk=0, lab_id=0)
+    hold = transfer_plan(
+        type=EntryType.RESERVE,
+        debit=project_ref(dummy),
+        credit=reservation_ref(dummy),
+        amount=Decimal(0),
+    )
+    lock, transfer = (sql for sql, _ in hold.statements)
+    lock = bound(lock, {"owner0": "p_project", "owner1": "p_project"})
+    transfer = bound(
+        transfer,
+        {
+            "debit_owner": "p_project",
+            "credit_owner": "p_project",
+            "amount": "p_amount",
+            "uuid": "p_entry",
+            "type": f"'{EntryType.RESERVE.value}'",
+            "at": "p_at",
+            "actor_user": "p_actor_user",
+            "actor_token": "p_actor_token",
+            "reason": "''",
+            "metadata": "'{}'",
+            "key": "NULL::text",
+            "fingerprint": "''",
+            "job": "p_job",
+        },
+    )
+    columns = ", ".join(f'"{column}"' for column in _job_columns())
+    arguments = """p_job_row jsonb, p_job uuid, p_project bigint, p_amount numeric, p_entry uuid,
+    p_actor_user bigint, p_actor_token bigint, p_at timestamptz"""
+    # Only the model's columns and our own statements go into it, never input.
+    return f"""
+CREATE OR REPLACE FUNCTION {HOLD}(
+    {arguments}, OUT job_id bigint, OUT held boolean
+) LANGUAGE plpgsql AS $function$
+DECLARE
+    locked integer := 0;
+    entry_id bigint;
+BEGIN
+    INSERT INTO metering_job ({columns})
+    SELECT {columns} FROM jsonb_populate_record(NULL::metering_job, p_job_row)
+    RETURNING id INTO job_id;
+    held := true;
+    IF p_amount > 0 THEN
+        PERFORM {lock.removeprefix("SELECT ")};
+        GET DIAGNOSTICS locked = ROW_COUNT;
+        {transfer} INTO entry_id;
+        IF entry_id IS NULL AND locked < 2 THEN
+            RAISE EXCEPTION 'no ledger account for project %', p_project
+                USING ERRCODE = '{ACCOUNT_MISSING}';
+        END IF;
+        held := entry_id IS NOT NULL;
+    END IF;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION {CREATE}({arguments}) RETURNS bigint
+LANGUAGE plpgsql AS $function$
+DECLARE
+    hold record;
+BEGIN
+    SELECT * INTO hold FROM {HOLD}(p_job_row, p_job, p_project, p_amount, p_entry,
+                                   p_actor_user, p_actor_token, p_at);
+    IF NOT hold.held THEN
+        RAISE EXCEPTION 'the project''s credits do not cover it' USING ERRCODE = '{FUNDS_SHORT}';
+    END IF;
+    RETURN hold.job_id;
+END
+$function$;
+"""  # noqa: S608
+
+
+def install(**kwargs: Any) -> None:
+    """post_migrate: (re)create the functions from the current statements."""
+    with connections[kwargs.get("using", DEFAULT_DB_ALIAS)].cursor() as cursor:
+        cursor.execute(functions_sql())
+
+
+def _json_value(value: object) -> str:
+    """Decimals, datetimes (to the microsecond) and UUIDs as PostgreSQL reads them back."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid_lib.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in a job row")
+
+
+def hold_arguments(job: Job, *, actor: User | ServiceToken | None) -> dict[str, object]:
+    """The arguments both functions take, named as `HOLD_ARGUMENTS` binds them."""
+    row = {column: getattr(job, column) for column in _job_columns()}
+    return {
+        "job_row": json.dumps(row, default=_json_value),
+        "job": job.uuid,
+        "project": job.project_id,
+        "amount": job.reserved_amount,
+        "entry": uuid_lib.uuid4(),
+        "actor_user": actor.pk if isinstance(actor, User) else None,
+        "actor_token": actor.pk if isinstance(actor, ServiceToken) else None,
+        "at": job.reserved_at,
+    }
+
+
+HOLD_ARGUMENTS = """%(job_row)s::jsonb, %(job)s, %(project)s, %(amount)s, %(entry)s,
+       %(actor_user)s, %(actor_token)s, %(at)s"""
+
+
+@contextmanager
+def _savepoint_if_nested() -> Iterator[None]:
+    """Outside a transaction a call commits by itself; inside one, a savepoint lets a refusal
+    undo the call only."""
+    if connections[DEFAULT_DB_ALIAS].in_atomic_block:
+        with transaction.atomic():
+            yield
+    else:
+        yield
+
+
+def function_call(
+    sql: str, params: Params, refusals: dict[str, Callable[[str], Exception]]
+) -> tuple[Any, ...]:
+    """Run one call of these functions, prepared; the SQLSTATEs in `refusals` become those
+    exceptions (with nothing written), any other error Django's."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    with (
+        _savepoint_if_nested(),
+        connection.wrap_database_errors,
+        statements_prepared() as raw,
+        psycopg.Cursor(raw) as cursor,
+    ):
+        try:
+            cursor.execute(sql, params, prepare=True)
+        except psycopg.Error as exc:
+            refusal = refusals.get(exc.sqlstate or "")
+            if refusal is None:
+                raise
+            raise refusal(exc.diag.message_primary or "") from None
+        return cursor.fetchone()  # type: ignore[return-value]
+
+
+_CREATE_CALL = f"SELECT {CREATE}({HOLD_ARGUMENTS})"
+
+
+def reservation_write(job: Job, *, actor: User | ServiceToken | None) -> Job:
+    """Insert the unsaved `job` and hold its reserved amount: InsufficientFundsError, with
+    nothing written, when the project's spendable grants do not cover it."""
+
+    def short(_: str) -> Exception:
+        return InsufficientFundsError(
+            "Reservation not allowed because of insufficient funds",
+            requested_amount=job.reserved_amount,
+        )
+
+    (job.pk,) = function_call(
+        _CREATE_CALL,
+        hold_arguments(job, actor=actor),
+        {FUNDS_SHORT: short, ACCOUNT_MISSING: LookupError},
+    )
+    job._state.adding = False
+    if job.reserved_amount > 0:
+        recharge_trigger.debited([project_ref(Project(pk=job.project_id))])
+    return job
