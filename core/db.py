@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Model
+from psycopg import pq
 
 Params = Sequence[object] | dict[str, object]
 
@@ -29,6 +30,13 @@ def statements_prepared() -> Iterator[psycopg.Connection[Any]]:
         raw.prepare_threshold = threshold
 
 
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """Whether the statement returned a result set; cheaper than `cursor.description`, which
+    builds an object per column."""
+    result = cursor.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
+
+
 def execute_prepared(sql: str, params: Params) -> list[tuple[Any, ...]]:
     """Run a statement with server-side binding as a prepared statement: PostgreSQL plans it
     once per connection, and arrays travel as parameters instead of quoted literals. Errors
@@ -39,7 +47,7 @@ def execute_prepared(sql: str, params: Params) -> list[tuple[Any, ...]]:
         psycopg.Cursor(raw) as cursor,
     ):
         cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if _has_rows(cursor) else []
 
 
 def execute_pipelined(*statements: tuple[str, Params]) -> list[list[tuple[Any, ...]]]:
@@ -52,7 +60,7 @@ def execute_pipelined(*statements: tuple[str, Params]) -> list[list[tuple[Any, .
         with raw.pipeline():
             for cursor, (sql, params) in zip(cursors, statements, strict=True):
                 cursor.execute(sql, params, prepare=True)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        return [cursor.fetchall() if _has_rows(cursor) else [] for cursor in cursors]
 
 
 class Columns:
