@@ -14,17 +14,13 @@ Needs `wrk` on PATH (Debian: apt-get install wrk).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import shutil
-import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
 
 from bench.http_stack import HttpStack, http_stack, token_create, world_create
+from bench.wrk import WrkResult, wrk
 
 _SCRIPT = """
 local keys = {%(keys)s}
@@ -50,54 +46,8 @@ end
 %(delay)s
 """
 
-# Every script ends with this: wrk's figures as one JSON line.
-_DONE = """
-done = function(summary, latency, requests)
-  io.write(string.format(
-    "RESULT {\\"requests\\": %d, \\"seconds\\": %f, \\"status_errors\\": %d, " ..
-    "\\"socket_errors\\": %d, \\"p50\\": %f, \\"p99\\": %f}\\n",
-    summary.requests, summary.duration / 1e6, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write +
-    summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-"""
-
-
 PACED_RATE = 200
 PACED_CONNECTIONS = 24
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    status_errors: int
-    socket_errors: int
-    p50: float  # ms
-    p99: float  # ms
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.seconds
-
-
-def wrk(url: str, script: str, *, seconds: float, connections: int, threads: int) -> WrkResult:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script + _DONE)
-    try:
-        output = subprocess.run(  # noqa: S603
-            [
-                shutil.which("wrk") or "wrk", "-t", str(threads), "-c", str(connections),
-                "-d", f"{int(seconds)}s", "--timeout", "10s", "-s", handle.name, url,
-            ],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    finally:
-        os.unlink(handle.name)
-    match = re.search(r"RESULT (\{.*\})", output)
-    if match is None:
-        raise RuntimeError(f"wrk printed no result:\n{output}")
-    return WrkResult(**json.loads(match.group(1)))
 
 
 def keys_create(world, count_per_project: int) -> list[str]:
