@@ -6,9 +6,11 @@ body whatever happens. Usage answers like the rest of /api/v1 (errors as `error_
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import JSONParser
@@ -109,48 +111,114 @@ def _decision_response(decision: Decision) -> Response:
     return Response(decision.body(), status=decision.status, headers=decision.headers())
 
 
+def _refusal_of(exc: Exception) -> Decision | None:
+    """The decision-shaped answer to the token refused or a body that is not JSON."""
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        status, code = 401, "service_token_invalid"
+    elif isinstance(exc, exceptions.PermissionDenied):
+        status, code = 403, "service_token_forbidden"
+    elif isinstance(exc, exceptions.ParseError | exceptions.UnsupportedMediaType):
+        status, code = 400, Code.BAD_REQUEST  # a body that is not JSON is a bad request
+    elif isinstance(exc, exceptions.APIException) and exc.status_code < 500:
+        status, code = exc.status_code, Code.BAD_REQUEST
+    else:
+        return None
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return Decision(status=status, code=code, message=str(message))
+
+
+def _http_response(decision: Decision) -> HttpResponse:
+    """What JSONRenderer would write, without DRF's rendering machinery."""
+    body = json.dumps(decision.body(), ensure_ascii=False, separators=(",", ":"))
+    response = HttpResponse(body, status=decision.status, content_type="application/json")
+    for name, value in decision.headers().items():
+        response[name] = value
+    if decision.code == "service_token_invalid":
+        response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 class AuthorizeView(APIView):
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [token_scope_required(Scope.AUTHORIZE)]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
 
-    def perform_content_negotiation(self, request: Request, force: bool = False):  # type: ignore[no-untyped-def]
-        return JSONRenderer(), JSONRenderer.media_type  # one renderer: nothing to negotiate
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        """POST without DRF's per-request machinery (request wrapping, negotiation, parsing
+        and rendering classes): gateways call it before every request they serve. The same
+        token, scope and body checks and answers; other methods take DRF's path (405)."""
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)
+        try:
+            token = _authorizing_token(request)
+            data = _json_body(request)
+        except exceptions.APIException as exc:
+            refusal = _refusal_of(exc)
+            if refusal is None:
+                raise
+            return _http_response(refusal)
+        return _http_response(_decided(token, data, request.headers.get("Idempotency-Key")))
 
     def handle_exception(self, exc: Exception) -> Response:
         """The token refused, a body that is not JSON: still the decision shape."""
-        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-            status, code = 401, "service_token_invalid"
-        elif isinstance(exc, exceptions.PermissionDenied):
-            status, code = 403, "service_token_forbidden"
-        elif isinstance(exc, exceptions.ParseError | exceptions.UnsupportedMediaType):
-            status, code = 400, Code.BAD_REQUEST  # a body that is not JSON is a bad request
-        elif isinstance(exc, exceptions.APIException) and exc.status_code < 500:
-            status, code = exc.status_code, Code.BAD_REQUEST
-        else:
+        refusal = _refusal_of(exc)
+        if refusal is None:
             return super().handle_exception(exc)
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        response = _decision_response(Decision(status=status, code=code, message=str(message)))
-        if status == 401:
+        response = _decision_response(refusal)
+        if refusal.status == 401:
             response["WWW-Authenticate"] = "Bearer"
         return response
 
     @extend_schema(request=AuthorizeIn, responses=_DECISION_RESPONSES, tags=["keys"])
-    def post(self, request: Request) -> Response:
-        try:
-            key, service, units = _authorize_input(request.data)
-        except BadRequest as exc:
-            return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=str(exc)))
-        raw_header = request.headers.get("Idempotency-Key")
-        header = (raw_header or "").strip(" \t")
-        if len(header) > MAX_LENGTH or not header.isprintable() or (raw_header and not header):
-            message = f"Idempotency-Key: at most {MAX_LENGTH} printable characters."
-            return _decision_response(Decision(status=400, code=Code.BAD_REQUEST, message=message))
-        token: ServiceToken = request.auth
+    def post(self, request: Request) -> Response:  # the schema's; dispatch answers POSTs
         return _decision_response(
-            authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
+            _decided(request.auth, request.data, request.headers.get("Idempotency-Key"))
         )
+
+
+_AUTHORIZE_SCOPE = token_scope_required(Scope.AUTHORIZE)()
+
+
+def _authorizing_token(request: HttpRequest) -> ServiceToken:
+    """ServiceTokenAuthentication and the scope check, as DRF would run them."""
+    authenticated = ServiceTokenAuthentication().authenticate(request)  # type: ignore[arg-type]
+    if authenticated is None:
+        raise exceptions.NotAuthenticated()
+    token = authenticated[0]
+    if not token.has_scope(Scope.AUTHORIZE):
+        raise exceptions.PermissionDenied(_AUTHORIZE_SCOPE.message)
+    return token
+
+
+def _json_body(request: HttpRequest) -> Any:
+    """What DRF's request.data gives with JSONParser alone: an empty body is an empty object,
+    another body must be JSON."""
+    raw = request.body
+    if not raw:
+        return {}
+    if request.content_type != "application/json":
+        raise exceptions.UnsupportedMediaType(request.META.get("CONTENT_TYPE", ""))
+    try:
+        return json.loads(raw.decode(request.encoding or "utf-8"), parse_constant=_no_constant)
+    except ValueError as exc:
+        raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"Out of range float values are not JSON compliant: {name!r}")
+
+
+def _decided(token: ServiceToken, data: Any, raw_header: str | None) -> Decision:
+    try:
+        key, service, units = _authorize_input(data)
+    except BadRequest as exc:
+        return Decision(status=400, code=Code.BAD_REQUEST, message=str(exc))
+    header = (raw_header or "").strip(" \t")
+    if len(header) > MAX_LENGTH or not header.isprintable() or (raw_header and not header):
+        message = f"Idempotency-Key: at most {MAX_LENGTH} printable characters."
+        return Decision(status=400, code=Code.BAD_REQUEST, message=message)
+    return authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
 
 
 class AuthorizedUsageIn(StrictSerializer):

@@ -1,0 +1,77 @@
+"""POST /api/v1/authorize answers without DRF's request machinery (keys.api.AuthorizeView
+.dispatch): the edges of the token, the body and the method, as DRF answered them."""
+
+from __future__ import annotations
+
+import pytest
+
+from metering.models import Job
+from tests.keys.conftest import authorize
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_allowed_answer_is_compact_json_with_the_rate_headers(gateway, make_key):
+    _, full = make_key(limits={"ml-llm": {"requests_per_minute": 5, "units_per_minute": None}})
+    response = authorize(gateway, full)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.content.startswith(b'{"allowed":true,"code":"allowed"')
+    assert (response["X-RateLimit-Limit"], response["X-RateLimit-Remaining"]) == ("5", "4")
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "Authentication credentials were not provided."),
+        ("Basic abc", "Authentication credentials were not provided."),
+        ("Bearer st_a_b c", "Malformed Authorization header."),
+        ("Bearer st_nope_nope", "Invalid or revoked service token."),
+    ],
+)
+def test_a_refused_service_token_is_401_with_www_authenticate(api_client, header, message):
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = api_client.post(
+        "/api/v1/authorize", {"key": "sk_a_b", "service": "ml-llm"}, format="json", **extra
+    )
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Bearer"
+    body = response.json()
+    assert (body["allowed"], body["code"], body["message"]) == (
+        False,
+        "service_token_invalid",
+        message,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        ('{"key": "sk_a_b", "service": "ml-llm"}', "text/plain"),
+        ('{"key": "sk_a_b", "service": "ml-llm", "units": NaN}', "application/json"),
+        ("\xff", "application/json"),
+        ("", "application/json"),
+    ],
+)
+def test_a_body_that_is_not_a_json_request_is_400(gateway, content, content_type):
+    response = gateway.generic("POST", "/api/v1/authorize", content, content_type=content_type)
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_request"
+    assert Job.objects.count() == 0
+
+
+def test_a_charset_in_the_content_type_is_fine(gateway, make_key):
+    _, full = make_key()
+    response = gateway.generic(
+        "POST",
+        "/api/v1/authorize",
+        f'{{"key": "{full}", "service": "ml-llm"}}',
+        content_type="application/json; charset=utf-8",
+    )
+    assert response.status_code == 200, response.content
+
+
+def test_other_methods_are_405_in_the_decision_shape(gateway):
+    response = gateway.get("/api/v1/authorize")
+    assert response.status_code == 405
+    assert response.json()["allowed"] is False
