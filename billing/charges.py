@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -96,22 +96,22 @@ def _total(lots: Lots) -> Decimal:
     return sum((part for _, part in lots), ZERO)
 
 
+_CHARGE_ACCOUNTS = """
+SELECT id, type, project_id FROM billing_ledgeraccount
+ WHERE type = 'sys' OR (type IN ('proj', 'rsv') AND project_id = ANY(%(projects)s::bigint[]))
+ ORDER BY id FOR NO KEY UPDATE
+"""
+
+
 def charge_accounts_lock(project_ids: Sequence[int]) -> dict[tuple[str, int | None], int]:
     """Lock the system account and the projects' budget and reservation accounts in id order
     (one statement); returns {(type, project id or None): account id}. A worker locks its whole
     batch up front, so charging a job of it later takes no new lock out of order."""
-    sql = (
-        "SELECT id, type, project_id FROM billing_ledgeraccount"
-        " WHERE type = 'sys' OR (type IN ('proj', 'rsv') AND project_id = ANY(%s))"
-        " ORDER BY id FOR NO KEY UPDATE"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [list(project_ids)])
-        rows = cursor.fetchall()
-        if not any(kind == AccountType.SYSTEM for _, kind, _ in rows):
-            system_account_get_or_create()  # only after a test flush; the migration makes it
-            cursor.execute(sql, [list(project_ids)])
-            rows = cursor.fetchall()
+    params = {"projects": list(project_ids)}
+    rows = execute_prepared(_CHARGE_ACCOUNTS, params)
+    if not any(kind == AccountType.SYSTEM for _, kind, _ in rows):
+        system_account_get_or_create()  # only after a test flush; the migration makes it
+        rows = execute_prepared(_CHARGE_ACCOUNTS, params)
     return {(kind, project_id): pk for pk, kind, project_id in rows}
 
 
