@@ -71,6 +71,15 @@ def debited(refs: Iterable[AccountRef]) -> None:
             transaction.on_commit(lambda s=setting_id, t=threshold, r=ref: _check(s, t, r))
 
 
+def debited_committed(refs: Iterable[AccountRef]) -> None:
+    """`debited`, for a debit already committed by the call that wrote it: a failure here
+    must not turn that debit into an error answer (the sweep tries again)."""
+    try:
+        debited(refs)
+    except Exception:
+        logger.exception("auto-recharge trigger failed after a committed debit")
+
+
 def _check(setting_id: int, threshold: Decimal, ref: AccountRef) -> None:
     """After the debit committed: it must not fail because of this (the sweep tries again)."""
     try:

@@ -397,8 +397,8 @@ def _reserve(
             decision.credits = {"limit": str(row.credit_limit), "remaining": str(remaining)}
         if idempotency is not None:
             execute_prepared(_REMEMBER, _remembered(idempotency, job_uuid, decision))
-        if cost > 0:
-            recharge_trigger.debited([project_ref(project)])
+        if cost > 0:  # committed already, unless with the idempotency record
+            recharge_trigger.debited_committed([project_ref(project)])
 
     try:
         if idempotency is None:

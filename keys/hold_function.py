@@ -10,8 +10,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
-
 from accounts.models import ServiceToken
 from keys.caps import CAP_AND_KEY_JOB
 from metering import reserve_sql
@@ -73,9 +71,8 @@ $function$;
 
 
 def install(**kwargs: Any) -> None:
-    """post_migrate, after metering's: (re)create the function."""
-    with connections[kwargs.get("using", DEFAULT_DB_ALIAS)].cursor() as cursor:
-        cursor.execute(function_sql())
+    """post_migrate: (re)create the function."""
+    reserve_sql.functions_replace([FUNCTION], function_sql(), using=kwargs.get("using"))
 
 
 _CALL = f"""SELECT {FUNCTION}({reserve_sql.HOLD_ARGUMENTS},

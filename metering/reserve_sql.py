@@ -125,8 +125,23 @@ $function$;
 
 def install(**kwargs: Any) -> None:
     """post_migrate: (re)create the functions from the current statements."""
-    with connections[kwargs.get("using", DEFAULT_DB_ALIAS)].cursor() as cursor:
-        cursor.execute(functions_sql())
+    functions_replace([HOLD, CREATE], functions_sql(), using=kwargs.get("using"))
+
+
+def functions_replace(names: list[str], sql: str, *, using: str | None = None) -> None:
+    """Drop every version of the named functions and run `sql` (their CREATEs) in one
+    transaction: CREATE OR REPLACE alone cannot change a function's arguments or results, and
+    callers see the old functions or the new ones, never none."""
+    alias = using or DEFAULT_DB_ALIAS
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT oid::regprocedure::text FROM pg_proc"
+            " WHERE proname = ANY(%s) AND pronamespace = current_schema()::regnamespace",
+            [names],
+        )
+        for (signature,) in cursor.fetchall():
+            cursor.execute(f"DROP FUNCTION {signature}")
+        cursor.execute(sql)
 
 
 def _json_value(value: object) -> str:
@@ -208,7 +223,7 @@ def reservation_write(job: Job, *, actor: User | ServiceToken | None) -> Job:
         hold_arguments(job, actor=actor),
         {FUNDS_SHORT: short, ACCOUNT_MISSING: LookupError},
     )
-    job._state.adding = False
-    if job.reserved_amount > 0:
-        recharge_trigger.debited([project_ref(Project(pk=job.project_id))])
+    job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
+    if job.reserved_amount > 0:  # committed already, unless the caller's transaction is open
+        recharge_trigger.debited_committed([project_ref(Project(pk=job.project_id))])
     return job

@@ -25,6 +25,7 @@ from metering.errors import (
     JobAlreadyFinishedError,
     JobCancelledError,
     JobNotFoundError,
+    MissingPriceError,
     StorageOutOfOrderError,
     UsageError,
 )
@@ -128,8 +129,10 @@ def oneshot_usage_record(
                 return job
             raise JobAlreadyFinishedError()
         now = timezone.now()
+        if job.price_id is None:  # every reservation has one; never charge nothing instead
+            raise MissingPriceError(f"Missing price for job {job.uuid}")
         tiers, discount = selectors.price_rates(
-            price_id=job.price_id,  # type: ignore[arg-type]
+            price_id=job.price_id,
             lab_id=job.project.lab_id,
             at=now,
         )

@@ -75,3 +75,18 @@ def test_other_methods_are_405_in_the_decision_shape(gateway):
     response = gateway.get("/api/v1/authorize")
     assert response.status_code == 405
     assert response.json()["allowed"] is False
+
+
+def test_a_failing_recharge_trigger_does_not_fail_an_allowed_decision(
+    gateway, make_key, monkeypatch
+):
+    from billing import recharge_trigger
+
+    def unreadable():
+        raise RuntimeError("the auto-recharge targets could not be read")
+
+    monkeypatch.setattr(recharge_trigger, "_targets_now", unreadable)
+    _, full = make_key()
+    response = authorize(gateway, full)
+    assert response.status_code == 200
+    assert Job.objects.filter(uuid=response.json()["job_id"]).exists()
