@@ -19,11 +19,24 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import ServiceTokenAuthentication
+from accounts.authentication import (
+    REFUSED,
+    ServiceTokenAuthentication,
+    service_token_authenticate,
+    token_parts,
+    token_verified,
+)
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
 from core.accounting import StrictSerializer
-from keys.authorize import UNITS_MAX, Code, Decision, authorize_once
+from keys.authorize import (
+    UNITS_MAX,
+    Code,
+    Decision,
+    authorize,
+    authorize_once,
+    token_and_key_read,
+)
 from keys.caps import key_job_for, key_job_usage_record
 from keys.replays import MAX_LENGTH
 from metering.errors import JobNotFoundError
@@ -151,14 +164,12 @@ class AuthorizeView(APIView):
         if request.method != "POST":
             return super().dispatch(request, *args, **kwargs)
         try:
-            token = _authorizing_token(request)
-            data = _json_body(request)
+            return _http_response(_answer(request))
         except exceptions.APIException as exc:
             refusal = _refusal_of(exc)
             if refusal is None:
                 raise
             return _http_response(refusal)
-        return _http_response(_decided(token, data, request.headers.get("Idempotency-Key")))
 
     def handle_exception(self, exc: Exception) -> Response:
         """The token refused, a body that is not JSON: still the decision shape."""
@@ -180,15 +191,46 @@ class AuthorizeView(APIView):
 _AUTHORIZE_SCOPE = token_scope_required(Scope.AUTHORIZE)()
 
 
-def _authorizing_token(request: HttpRequest) -> ServiceToken:
-    """ServiceTokenAuthentication and the scope check, as DRF would run them."""
-    authenticated = ServiceTokenAuthentication().authenticate(request)  # type: ignore[arg-type]
-    if authenticated is None:
+def _answer(request: HttpRequest) -> Decision:
+    """The decision; a refused service token raises DRF's exception, as DRF would have. A
+    refused token answers before a bad body; with a good body and no Idempotency-Key, the
+    token and the key are read in one statement."""
+    raw_token = ServiceTokenAuthentication.presented(request)
+    if raw_token is None:
         raise exceptions.NotAuthenticated()
-    token = authenticated[0]
+    raw_header = request.headers.get("Idempotency-Key")
+    try:
+        key, service, units = _authorize_input(_json_body(request))
+        header = _idempotency_header(raw_header)
+    except (exceptions.ParseError, exceptions.UnsupportedMediaType, BadRequest) as exc:
+        _scope_checked(service_token_authenticate(raw_token))
+        if isinstance(exc, BadRequest):
+            return Decision(status=400, code=Code.BAD_REQUEST, message=str(exc))
+        raise
+    if header:
+        token = _scope_checked(service_token_authenticate(raw_token))
+        return authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
+    parts = token_parts(raw_token)
+    unverified, read = token_and_key_read(
+        token_lookup=parts[0] if parts else None, raw_key=key, slug=service
+    )
+    token = _scope_checked(token_verified(unverified, parts[1]) if parts else None)
+    return authorize(token=token, raw_key=key, slug=service, units=units, read=read)
+
+
+def _scope_checked(token: ServiceToken | None) -> ServiceToken:
+    if token is None:
+        raise exceptions.AuthenticationFailed(REFUSED)
     if not token.has_scope(Scope.AUTHORIZE):
         raise exceptions.PermissionDenied(_AUTHORIZE_SCOPE.message)
     return token
+
+
+def _idempotency_header(raw_header: str | None) -> str:
+    header = (raw_header or "").strip(" \t")
+    if len(header) > MAX_LENGTH or not header.isprintable() or (raw_header and not header):
+        raise BadRequest(f"Idempotency-Key: at most {MAX_LENGTH} printable characters.")
+    return header
 
 
 def _json_body(request: HttpRequest) -> Any:
@@ -210,14 +252,12 @@ def _no_constant(name: str) -> None:
 
 
 def _decided(token: ServiceToken, data: Any, raw_header: str | None) -> Decision:
+    """The DRF path's decision (the schema's `post`)."""
     try:
         key, service, units = _authorize_input(data)
+        header = _idempotency_header(raw_header)
     except BadRequest as exc:
         return Decision(status=400, code=Code.BAD_REQUEST, message=str(exc))
-    header = (raw_header or "").strip(" \t")
-    if len(header) > MAX_LENGTH or not header.isprintable() or (raw_header and not header):
-        message = f"Idempotency-Key: at most {MAX_LENGTH} printable characters."
-        return Decision(status=400, code=Code.BAD_REQUEST, message=message)
     return authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
 
 

@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from accounts.authentication import TOKEN
 from accounts.models import Project, ServiceToken
 from billing import recharge_trigger
 from billing.ledger import project_ref
@@ -230,6 +231,45 @@ def parse_key(raw: object) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+@dataclass(frozen=True)
+class KeyRead:
+    """The presented key, split, and its row as of `now` (None: no such key)."""
+
+    now: datetime
+    parsed: tuple[str, str] | None
+    row: KeyRow | None
+
+
+def key_read(raw_key: str, slug: str) -> KeyRead:
+    now = timezone.now()
+    parsed = parse_key(raw_key)
+    return KeyRead(now, parsed, key_row(parsed[0], slug, now) if parsed else None)
+
+
+# The service token's row and the key's in one statement, for authorize's hot path: the token
+# is checked from its columns before anything of the key is used.
+_TOKEN_AND_KEY = f"""
+SELECT {TOKEN.sql}, key.*
+  FROM (SELECT 1) AS one
+  LEFT JOIN accounts_servicetoken t ON t.lookup_id = %(token)s
+  LEFT JOIN LATERAL ({_KEY_ROW}) AS key ON true
+"""  # noqa: S608
+
+
+def token_and_key_read(
+    *, token_lookup: str | None, raw_key: str, slug: str
+) -> tuple[ServiceToken | None, KeyRead]:
+    """The token of a lookup id (unverified, None if unknown) and key_read's result, in one
+    round trip."""
+    now = timezone.now()
+    parsed = parse_key(raw_key)
+    params = {"token": token_lookup, "lookup": parsed[0] if parsed else None, "slug": slug}
+    [row] = execute_prepared(_TOKEN_AND_KEY, params | {"now": now})
+    token = TOKEN.load(row) if row[0] is not None else None
+    key = row[len(TOKEN) :]
+    return token, KeyRead(now, parsed, KeyRow(*key) if key[0] is not None else None)
+
+
 def authorize(
     *,
     token: ServiceToken,
@@ -237,10 +277,11 @@ def authorize(
     slug: str,
     units: int,
     idempotency: Idempotency | None = None,
+    read: KeyRead | None = None,
 ) -> Decision:
-    now = timezone.now()
-    parsed = parse_key(raw_key)
-    row = key_row(parsed[0], slug, now) if parsed else None
+    """The decision for a verified service token; `read` if the key was read already."""
+    read = read or key_read(raw_key, slug)
+    now, parsed, row = read.now, read.parsed, read.row
     if row is None or not secret_valid(row, parsed[1], now):  # type: ignore[index]
         return _refusal(401, Code.KEY_INVALID, "Unknown API key.")
     if token.lab_id is not None and token.lab_id != row.lab_id:

@@ -90,3 +90,67 @@ def test_a_failing_recharge_trigger_does_not_fail_an_allowed_decision(
     response = authorize(gateway, full)
     assert response.status_code == 200
     assert Job.objects.filter(uuid=response.json()["job_id"]).exists()
+
+
+# The token and the key are read in one statement (keys.authorize.token_and_key_read): the token
+# is still checked first, from its own columns.
+
+
+def _with_token(scopes, **kwargs):
+    from rest_framework.test import APIClient
+
+    from accounts.services import service_token_create
+
+    token, plain = service_token_create(name="gateway", scopes=scopes, **kwargs)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plain}")
+    return token, plain, client
+
+
+@pytest.mark.parametrize("mangle", ["wrong secret", "unknown lookup", "revoked"])
+def test_a_refused_token_with_a_good_key_is_401_and_holds_nothing(make_key, mangle):
+    from accounts.models import Scope
+
+    token, plain, client = _with_token([Scope.AUTHORIZE])
+    if mangle == "wrong secret":
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {plain[:-2]}xx")
+    elif mangle == "unknown lookup":
+        client.credentials(HTTP_AUTHORIZATION="Bearer st_nosuchlookup_" + plain.split("_")[-1])
+    else:
+        from django.utils import timezone
+
+        token.revoked_at = timezone.now()
+        token.save()
+    _, full = make_key()
+    response = authorize(client, full)
+    assert (response.status_code, response.json()["code"]) == (401, "service_token_invalid")
+    assert Job.objects.count() == 0
+
+
+def test_a_token_without_the_scope_and_a_good_key_is_403(make_key):
+    from accounts.models import Scope
+
+    _, _, client = _with_token([Scope.USAGE])
+    _, full = make_key()
+    response = authorize(client, full)
+    assert (response.status_code, response.json()["code"]) == (403, "service_token_forbidden")
+    assert Job.objects.count() == 0
+
+
+def test_a_refused_token_answers_before_a_bad_body(api_client):
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer st_nope_nope")
+    response = api_client.post("/api/v1/authorize", {"service": "ml-llm"}, format="json")
+    assert (response.status_code, response.json()["code"]) == (401, "service_token_invalid")
+    response = api_client.generic(
+        "POST", "/api/v1/authorize", "{not json", content_type="application/json"
+    )
+    assert response.status_code == 401
+
+
+def test_the_tokens_last_use_is_recorded(make_key):
+    from accounts.models import Scope, ServiceToken
+
+    token, _, client = _with_token([Scope.AUTHORIZE])
+    _, full = make_key()
+    assert authorize(client, full).status_code == 200
+    assert ServiceToken.objects.get(pk=token.pk).last_used_at is not None
