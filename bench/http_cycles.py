@@ -14,14 +14,10 @@ own; a cycle counts when both answer 201. Needs `wrk` on PATH (Debian: apt-get i
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shutil
-import time
 import uuid
 
-from bench.http_stack import HttpStack, http_stack, token_create, world_create
-from bench.wrk import WrkResult, wrk
+from bench.http_stack import HttpStack, token_create, world_create
+from bench.wrk import WrkResult, served, server_options, wrk
 
 _COMMON = """
 local projects = {%(projects)s}
@@ -120,20 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (threads)")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
-    parser.add_argument("--worker-class", default="sync")
-    parser.add_argument("--gunicorn-threads", type=int, default=1)
+    server_options(parser)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%M')} | {platform.node()} | {os.cpu_count()} cores |"
-        f" Python {platform.python_version()} | load {os.getloadavg()[0]:.2f} |"
-        f" gunicorn {args.workers} x {args.worker_class} ({args.gunicorn_threads} threads)"
-    )
-    with http_stack(
-        workers=args.workers, worker_class=args.worker_class, threads=args.gunicorn_threads
-    ) as stack:
+    with served(args) as stack:
         run(stack, seconds=args.seconds, connections=args.connections)
 
 

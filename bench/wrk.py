@@ -3,13 +3,19 @@ script against a URL, its figures read back as one JSON line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import tempfile
+import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+
+from bench.http_stack import HttpStack, http_stack
 
 # Every script ends with this: wrk's figures as one JSON line. A script that keeps its threads
 # in `threads` (from setup) and counts finished units of work in a thread variable `done_work`
@@ -64,3 +70,24 @@ def wrk(url: str, script: str, *, seconds: float, connections: int, threads: int
     if match is None:
         raise RuntimeError(f"wrk printed no result:\n{output}")
     return WrkResult(**json.loads(match.group(1)))
+
+
+def server_options(parser: argparse.ArgumentParser) -> None:
+    """The gunicorn settings of a run: 3 sync workers by default, as the Dockerfile runs it."""
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers")
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--gunicorn-threads", type=int, default=1)
+
+
+def served(args: argparse.Namespace) -> AbstractContextManager[HttpStack]:
+    """The stack of a run, after checking for wrk and printing the run's machine line."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')} | {platform.node()} | {os.cpu_count()} cores |"
+        f" Python {platform.python_version()} | load {os.getloadavg()[0]:.2f} |"
+        f" gunicorn {args.workers} x {args.worker_class} ({args.gunicorn_threads} threads)"
+    )
+    return http_stack(
+        workers=args.workers, worker_class=args.worker_class, threads=args.gunicorn_threads
+    )
