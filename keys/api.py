@@ -182,10 +182,9 @@ class AuthorizeView(APIView):
         return response
 
     @extend_schema(request=AuthorizeIn, responses=_DECISION_RESPONSES, tags=["keys"])
-    def post(self, request: Request) -> Response:  # the schema's; dispatch answers POSTs
-        return _decision_response(
-            _decided(request.auth, request.data, request.headers.get("Idempotency-Key"))
-        )
+    def post(self, request: Request) -> Response:
+        """The schema's, and DRF's list of allowed methods: dispatch answers POSTs itself."""
+        return _decision_response(_answer(request._request))
 
 
 _AUTHORIZE_SCOPE = token_scope_required(Scope.AUTHORIZE)()
@@ -249,16 +248,6 @@ def _json_body(request: HttpRequest) -> Any:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"Out of range float values are not JSON compliant: {name!r}")
-
-
-def _decided(token: ServiceToken, data: Any, raw_header: str | None) -> Decision:
-    """The DRF path's decision (the schema's `post`)."""
-    try:
-        key, service, units = _authorize_input(data)
-        header = _idempotency_header(raw_header)
-    except BadRequest as exc:
-        return Decision(status=400, code=Code.BAD_REQUEST, message=str(exc))
-    return authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
 
 
 class AuthorizedUsageIn(StrictSerializer):
