@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from billing.ledger import AccountRef
 from billing.models import AccountType, AutoRecharge, LedgerAccount
@@ -75,7 +75,11 @@ def debited_committed(refs: Iterable[AccountRef]) -> None:
     """`debited`, for a debit already committed by the call that wrote it: a failure here
     must not turn that debit into an error answer (the sweep tries again)."""
     try:
-        debited(refs)
+        if connection.in_atomic_block:  # a failed query must not abort the caller's transaction
+            with transaction.atomic():
+                debited(refs)
+        else:
+            debited(refs)
     except Exception:
         logger.exception("auto-recharge trigger failed after a committed debit")
 

@@ -10,6 +10,8 @@ import json
 import re
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
@@ -143,7 +145,9 @@ def _refusal_of(exc: Exception) -> Decision | None:
 def _http_response(decision: Decision) -> HttpResponse:
     """What JSONRenderer would write, without DRF's rendering machinery."""
     body = json.dumps(decision.body(), ensure_ascii=False, separators=(",", ":"))
+    body = body.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")  # as DRF does
     response = HttpResponse(body, status=decision.status, content_type="application/json")
+    response["Allow"] = "POST, OPTIONS"
     for name, value in decision.headers().items():
         response[name] = value
     if decision.code == "service_token_invalid":
@@ -206,6 +210,10 @@ def _answer(request: HttpRequest) -> Decision:
         if isinstance(exc, BadRequest):
             return Decision(status=400, code=Code.BAD_REQUEST, message=str(exc))
         raise
+    except RequestDataTooBig:
+        _scope_checked(service_token_authenticate(raw_token))
+        message = f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        return Decision(status=400, code=Code.BAD_REQUEST, message=message)
     if header:
         token = _scope_checked(service_token_authenticate(raw_token))
         return authorize_once(token=token, raw_key=key, slug=service, units=units, header=header)
@@ -242,7 +250,7 @@ def _json_body(request: HttpRequest) -> Any:
         raise exceptions.UnsupportedMediaType(request.META.get("CONTENT_TYPE", ""))
     try:
         return json.loads(raw.decode(request.encoding or "utf-8"), parse_constant=_no_constant)
-    except ValueError as exc:
+    except (ValueError, LookupError, RecursionError) as exc:  # also charset=base64, [[[[...
         raise exceptions.ParseError(f"JSON parse error - {exc}") from None
 
 

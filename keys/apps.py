@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
 
 
 class KeysConfig(AppConfig):
@@ -10,5 +9,6 @@ class KeysConfig(AppConfig):
 
     def ready(self) -> None:
         from keys import hold_function
+        from metering import reserve_sql
 
-        post_migrate.connect(hold_function.install, sender=self)
+        reserve_sql.dependent_register(hold_function.functions)

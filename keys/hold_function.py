@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from accounts.models import ServiceToken
 from keys.caps import CAP_AND_KEY_JOB
@@ -70,9 +69,9 @@ $function$;
 """  # noqa: S608
 
 
-def install(**kwargs: Any) -> None:
-    """post_migrate: (re)create the function."""
-    reserve_sql.functions_replace([FUNCTION], function_sql(), using=kwargs.get("using"))
+def functions() -> tuple[list[str], str]:
+    """For metering.reserve_sql's install, which runs it with its own."""
+    return [FUNCTION], function_sql()
 
 
 _CALL = f"""SELECT {FUNCTION}({reserve_sql.HOLD_ARGUMENTS},

@@ -11,6 +11,7 @@ locks committed before it got them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid as uuid_lib
@@ -123,25 +124,53 @@ $function$;
 """  # noqa: S608
 
 
+# Functions of other apps built on these (keys.hold_function registers at startup): each a
+# (names, CREATE statements) factory, installed with these in one transaction.
+_dependents: list[Callable[[], tuple[list[str], str]]] = []
+
+
+def dependent_register(factory: Callable[[], tuple[list[str], str]]) -> None:
+    if factory not in _dependents:
+        _dependents.append(factory)
+
+
 def install(**kwargs: Any) -> None:
-    """post_migrate: (re)create the functions from the current statements."""
-    functions_replace([HOLD, CREATE], functions_sql(), using=kwargs.get("using"))
+    """post_migrate: (re)create these functions and their dependents from the current
+    statements, all in one transaction."""
+    names, sql = [HOLD, CREATE], functions_sql()
+    for factory in _dependents:
+        more_names, more_sql = factory()
+        names, sql = names + more_names, sql + more_sql
+    functions_replace(names, sql, using=kwargs.get("using"))
 
 
 def functions_replace(names: list[str], sql: str, *, using: str | None = None) -> None:
     """Drop every version of the named functions and run `sql` (their CREATEs) in one
-    transaction: CREATE OR REPLACE alone cannot change a function's arguments or results, and
-    callers see the old functions or the new ones, never none."""
+    transaction — CREATE OR REPLACE alone cannot change a function's arguments or results, and
+    callers see the old functions or the new ones, never none — unless they are already what
+    `sql` makes (each carries a digest of it as its comment): a migrate that changes nothing
+    leaves every session's cached plans alone."""
     alias = using or DEFAULT_DB_ALIAS
+    digest = hashlib.sha256(sql.encode()).hexdigest()[:32]
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT oid::regprocedure::text, obj_description(oid, 'pg_proc') FROM pg_proc"
+            " WHERE proname = ANY(%s) AND pronamespace = current_schema()::regnamespace",
+            [names],
+        )
+        installed = cursor.fetchall()
+        if len(installed) == len(names) and all(note == digest for _, note in installed):
+            return
+        for signature, _ in installed:
+            cursor.execute(f"DROP FUNCTION {signature}")
+        cursor.execute(sql)
         cursor.execute(
             "SELECT oid::regprocedure::text FROM pg_proc"
             " WHERE proname = ANY(%s) AND pronamespace = current_schema()::regnamespace",
             [names],
         )
         for (signature,) in cursor.fetchall():
-            cursor.execute(f"DROP FUNCTION {signature}")
-        cursor.execute(sql)
+            cursor.execute(f"COMMENT ON FUNCTION {signature} IS '{digest}'")
 
 
 def _json_value(value: object) -> str:

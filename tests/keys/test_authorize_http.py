@@ -154,3 +154,65 @@ def test_the_tokens_last_use_is_recorded(make_key):
     _, full = make_key()
     assert authorize(client, full).status_code == 200
     assert ServiceToken.objects.get(pk=token.pk).last_used_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_query_of_the_recharge_trigger_keeps_an_idempotent_hold(
+    gateway, make_key, monkeypatch
+):
+    """With an Idempotency-Key the hold commits with the key's record, after the trigger ran:
+    a query that failed in the trigger must not abort that transaction under an allowed."""
+    from django.db import connection
+
+    from billing import recharge_trigger
+    from keys.models import KeyJob
+
+    def failing_query():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1/0")
+
+    monkeypatch.setattr(recharge_trigger, "_targets_now", failing_query)
+    _, full = make_key()
+    response = gateway.post(
+        "/api/v1/authorize",
+        {"key": full, "service": "ml-llm"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="retry-1",
+    )
+    assert response.status_code == 200
+    assert Job.objects.filter(uuid=response.json()["job_id"]).exists()
+    assert KeyJob.objects.filter(idempotency_key__isnull=False).count() == 1
+
+
+HUGE = '{"key": "sk_a_b", "service": "ml-llm", "x": "' + "a" * 3_000_000 + '"}'
+
+
+def test_a_body_over_the_upload_limit_is_400_after_the_token(api_client, gateway):
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer st_nope_nope")
+    response = api_client.generic(
+        "POST", "/api/v1/authorize", HUGE, content_type="application/json"
+    )
+    assert (response.status_code, response.json()["code"]) == (401, "service_token_invalid")
+    response = gateway.generic("POST", "/api/v1/authorize", HUGE, content_type="application/json")
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"service": "ml-llm"}', "application/json; charset=base64"),
+        (b"[" * 100_000, "application/json"),
+    ],
+)
+def test_bodies_python_cannot_decode_are_400_not_500(gateway, content, content_type):
+    response = gateway.generic("POST", "/api/v1/authorize", content, content_type=content_type)
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+def test_answers_escape_line_separators_and_list_the_allowed_methods(gateway):
+    response = gateway.post(
+        "/api/v1/authorize", {"key": "sk_a_b", "service": "ml-llm", "x\u2028": 1}, format="json"
+    )
+    assert response.status_code == 400
+    assert b"\\u2028" in response.content and "\u2028".encode() not in response.content
+    assert response["Allow"] == "POST, OPTIONS"

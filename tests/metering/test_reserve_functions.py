@@ -77,3 +77,18 @@ def test_usage_of_a_job_without_a_price_is_refused_not_charged_nothing(cast):
             job_uuid=job.uuid, project=cast.alpha, subtype="ml-llm", count=5, at=timezone.now()
         )
     assert Job.objects.get(pk=job.pk).closed_at is None
+
+
+@pytest.mark.django_db
+def test_an_install_that_changes_nothing_leaves_the_functions_alone():
+    def oids() -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT oid FROM pg_proc WHERE proname = ANY(%s) ORDER BY proname",
+                [[reserve_sql.HOLD, reserve_sql.CREATE, "keys_authorize_hold"]],
+            )
+            return [oid for (oid,) in cursor.fetchall()]
+
+    before = oids()
+    reserve_sql.install()
+    assert oids() == before and len(before) == 3
