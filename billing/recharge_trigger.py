@@ -19,10 +19,11 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from billing.ledger import AccountRef
 from billing.models import AccountType, AutoRecharge, LedgerAccount
+from core.db import savepoint_if_nested
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -75,10 +76,7 @@ def debited_committed(refs: Iterable[AccountRef]) -> None:
     """`debited`, for a debit already committed by the call that wrote it: a failure here
     must not turn that debit into an error answer (the sweep tries again)."""
     try:
-        if connection.in_atomic_block:  # a failed query must not abort the caller's transaction
-            with transaction.atomic():
-                debited(refs)
-        else:
+        with savepoint_if_nested():  # a failed query must not abort the caller's transaction
             debited(refs)
     except Exception:
         logger.exception("auto-recharge trigger failed after a committed debit")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Model
 from psycopg import pq
 
@@ -28,6 +29,27 @@ def statements_prepared() -> Iterator[psycopg.Connection[Any]]:
         yield raw
     finally:
         raw.prepare_threshold = threshold
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def sql_bound(sql: str, arguments: dict[str, str]) -> str:
+    """A psycopg statement with its %(name)s placeholders replaced by SQL expressions (a
+    PL/pgSQL function's arguments, literals): to reuse a hot-path statement inside a function.
+    A placeholder without one is an error."""
+    return _PLACEHOLDER.sub(lambda match: arguments[match.group(1)], sql.strip())
+
+
+@contextmanager
+def savepoint_if_nested() -> Iterator[None]:
+    """Nothing outside a transaction (a statement commits by itself); inside one, a savepoint,
+    so that a failing statement undoes itself only, not the caller's transaction."""
+    if connections[DEFAULT_DB_ALIAS].in_atomic_block:
+        with transaction.atomic():
+            yield
+    else:
+        yield
 
 
 def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:

@@ -10,6 +10,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from accounts.models import ServiceToken
+from billing.holds import ACCOUNT_MISSING
+from core.db import sql_bound
 from keys.caps import CAP_AND_KEY_JOB
 from metering import reserve_sql
 from metering.models import Job
@@ -27,7 +29,7 @@ class FundsShort(Exception):
 
 
 def function_sql() -> str:
-    cap = reserve_sql.bound(
+    cap = sql_bound(
         CAP_AND_KEY_JOB,
         {
             "key": "p_key",
@@ -107,7 +109,7 @@ def hold_call(call: HoldCall) -> Decimal | None:
         {
             CAP_EXCEEDED: CapExceeded,
             reserve_sql.FUNDS_SHORT: FundsShort,
-            reserve_sql.ACCOUNT_MISSING: LookupError,
+            ACCOUNT_MISSING: LookupError,
         },
     )
     return remaining

@@ -4,19 +4,15 @@ and a COMMIT, each a round trip. The accounting routes and authorize (keys.hold_
 them on every reservation.
 
 The functions are generated from the statements the Python paths run — the job's INSERT from
-the model, billing's account lock and transfer (burn order) — and installed again after every
-`migrate`, so none of them is written twice. Each statement of a PL/pgSQL function reads with a
-fresh snapshot, as separate statements do, so the transfer sees what a holder of the account
-locks committed before it got them."""
+the model, the hold from billing.holds (the ledger's own lock and transfer) — and installed
+again after every `migrate`, so none of them is written twice."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid as uuid_lib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -27,23 +23,15 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from accounts.models import Project, ServiceToken, User
 from billing import recharge_trigger
 from billing.errors import InsufficientFundsError
-from billing.ledger import project_ref, reservation_ref, transfer_plan
-from billing.models import EntryType
-from core.db import Params, statements_prepared
+from billing.holds import ACCOUNT_MISSING, hold_plpgsql
+from billing.ledger import project_ref
+from core.db import Params, savepoint_if_nested, statements_prepared
 from metering.models import Job
 
 HOLD = "metering_reservation_hold"  # the job and its hold; says whether the project covered it
 CREATE = "metering_reservation_create"  # the same, refused (FUNDS_SHORT) when it did not
-FUNDS_SHORT = "MBFND"  # SQLSTATEs the functions raise; each rolls the whole call back
-ACCOUNT_MISSING = "MBACC"
-
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-
-
-def bound(sql: str, arguments: dict[str, str]) -> str:
-    """A psycopg statement with its %(name)s placeholders replaced by a function's arguments
-    (or literals); a placeholder without one is an error."""
-    return _PLACEHOLDER.sub(lambda match: arguments[match.group(1)], sql.strip())
+FUNDS_SHORT = "MBFND"  # the SQLSTATE of a refusal (and billing.holds.ACCOUNT_MISSING); either
+# rolls the whole call back
 
 
 def _job_columns() -> list[str]:
@@ -51,33 +39,16 @@ def _job_columns() -> list[str]:
 
 
 def functions_sql() -> str:
-    """CREATE OR REPLACE FUNCTION of both, from the statements of the Python paths."""
-    dummy = Project(pk=0, lab_id=0)
-    hold = transfer_plan(
-        type=EntryType.RESERVE,
-        debit=project_ref(dummy),
-        credit=reservation_ref(dummy),
-        amount=Decimal(0),
-    )
-    lock, transfer = (sql for sql, _ in hold.statements)
-    lock = bound(lock, {"owner0": "p_project", "owner1": "p_project"})
-    transfer = bound(
-        transfer,
-        {
-            "debit_owner": "p_project",
-            "credit_owner": "p_project",
-            "amount": "p_amount",
-            "uuid": "p_entry",
-            "type": f"'{EntryType.RESERVE.value}'",
-            "at": "p_at",
-            "actor_user": "p_actor_user",
-            "actor_token": "p_actor_token",
-            "reason": "''",
-            "metadata": "'{}'",
-            "key": "NULL::text",
-            "fingerprint": "''",
-            "job": "p_job",
-        },
+    """CREATE FUNCTION of both: the job's INSERT from the model, the hold from billing."""
+    declarations, hold = hold_plpgsql(
+        project="p_project",
+        amount="p_amount",
+        entry="p_entry",
+        at="p_at",
+        actor_user="p_actor_user",
+        actor_token="p_actor_token",  # noqa: S106 - an argument name, not a secret
+        job="p_job",
+        held="held",
     )
     columns = ", ".join(f'"{column}"' for column in _job_columns())
     arguments = """p_job_row jsonb, p_job uuid, p_project bigint, p_amount numeric, p_entry uuid,
@@ -88,23 +59,11 @@ CREATE OR REPLACE FUNCTION {HOLD}(
     {arguments}, OUT job_id bigint, OUT held boolean
 ) LANGUAGE plpgsql AS $function$
 DECLARE
-    locked integer := 0;
-    entry_id bigint;
+    {declarations}
 BEGIN
     INSERT INTO metering_job ({columns})
     SELECT {columns} FROM jsonb_populate_record(NULL::metering_job, p_job_row)
-    RETURNING id INTO job_id;
-    held := true;
-    IF p_amount > 0 THEN
-        PERFORM {lock.removeprefix("SELECT ")};
-        GET DIAGNOSTICS locked = ROW_COUNT;
-        {transfer} INTO entry_id;
-        IF entry_id IS NULL AND locked < 2 THEN
-            RAISE EXCEPTION 'no ledger account for project %', p_project
-                USING ERRCODE = '{ACCOUNT_MISSING}';
-        END IF;
-        held := entry_id IS NOT NULL;
-    END IF;
+    RETURNING id INTO job_id;{hold}
 END
 $function$;
 
@@ -201,17 +160,6 @@ HOLD_ARGUMENTS = """%(job_row)s::jsonb, %(job)s, %(project)s, %(amount)s, %(entr
        %(actor_user)s, %(actor_token)s, %(at)s"""
 
 
-@contextmanager
-def _savepoint_if_nested() -> Iterator[None]:
-    """Outside a transaction a call commits by itself; inside one, a savepoint lets a refusal
-    undo the call only."""
-    if connections[DEFAULT_DB_ALIAS].in_atomic_block:
-        with transaction.atomic():
-            yield
-    else:
-        yield
-
-
 def function_call(
     sql: str, params: Params, refusals: dict[str, Callable[[str], Exception]]
 ) -> tuple[Any, ...]:
@@ -219,7 +167,7 @@ def function_call(
     exceptions (with nothing written), any other error Django's."""
     connection = connections[DEFAULT_DB_ALIAS]
     with (
-        _savepoint_if_nested(),
+        savepoint_if_nested(),
         connection.wrap_database_errors,
         statements_prepared() as raw,
         psycopg.Cursor(raw) as cursor,

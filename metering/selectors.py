@@ -7,12 +7,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Lab, Project
-from core.db import execute_prepared
+from core.db import Columns, execute_prepared
 from metering.cost import Tier, usage_cost
 from metering.errors import MissingPriceError
 from metering.models import Discount, Price, Service
@@ -137,17 +136,17 @@ def public_price_list(*, at: datetime) -> list[PublicPrice]:
     return rows
 
 
-_SERVICE_FIELDS = [field.attname for field in Service._meta.concrete_fields]
-_SERVICE_ROW = "SELECT {} FROM metering_service WHERE type = %(type)s AND slug = %(slug)s".format(  # noqa: S608
-    ", ".join(f'"{name}"' for name in _SERVICE_FIELDS)  # the model's own columns
-)
+_SERVICE = Columns(Service, "s")
+_SERVICE_ROW = f"""
+SELECT {_SERVICE.sql} FROM metering_service s WHERE s.type = %(type)s AND s.slug = %(slug)s
+"""  # noqa: S608
 
 
 def service_priced(*, kind: str, subtype: str, lab: Lab, at: datetime) -> Service:
     """The service sold as (kind, subtype); MissingPriceError, in the reference's words, when
     there is no such service (and so no price for it)."""
     rows = execute_prepared(_SERVICE_ROW, {"type": kind, "slug": subtype})
-    service = Service.from_db(DEFAULT_DB_ALIAS, _SERVICE_FIELDS, rows[0]) if rows else None
+    service = _SERVICE.load(rows[0]) if rows else None
     if service is None:
         raise MissingPriceError(f"Missing price for: {lab.uuid} {kind} {subtype} {at}")
     return service

@@ -17,7 +17,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from accounts import selectors as account_selectors
 from accounts.models import Lab, Project, ServiceToken
 from core.db import Columns, execute_prepared
 from metering import charging, selectors
@@ -64,17 +63,13 @@ SELECT {_JOB.sql}, {_PROJECT.sql}, {_LAB.sql}, {_SERVICE.sql}, {_PRICE.sql}
 
 
 def _event_job_locked(job_uuid: uuid_lib.UUID, actor: Actor) -> Job:
-    """The job an event names, locked, among those the caller may see."""
-    if actor is None or isinstance(actor, ServiceToken):
-        params = {"uuid": job_uuid, "lab": actor.lab_id if actor is not None else None}
-        rows = execute_prepared(_EVENT_JOB, params)
-        job = _job_loaded(rows[0]) if rows else None
-    else:
-        jobs = _jobs_locked().filter(uuid=job_uuid)
-        job = jobs.filter(project__in=account_selectors.project_list(actor=actor)).first()
-    if job is None:
+    """The job an event names, locked, among those the caller may see (a lab-bound token: its
+    lab's; a global token or no actor: all)."""
+    params = {"uuid": job_uuid, "lab": actor.lab_id if actor is not None else None}
+    rows = execute_prepared(_EVENT_JOB, params)
+    if not rows:
         raise JobNotFoundError()
-    return job
+    return _job_loaded(rows[0])
 
 
 def _job_loaded(row: tuple) -> Job:
