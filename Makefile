@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements/dev.txt | cksum | cut -d' ' -f1)
 
 .PHONY: install run manage test lint lock check-python clean bench bench-ingest bench-cycles \
-	bench-charging bench-authorize
+	bench-charging bench-authorize bench-floor
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -56,3 +56,7 @@ bench-charging: install
 # Authorize decisions over HTTP with wrk (apt-get install wrk), next to /health.
 bench-authorize: install
 	$(BIN)/python -m bench.http_authorize $(ARGS)
+
+# The smallest requests with authorize's round trips, next to /health and authorize (wrk).
+bench-floor: install
+	$(BIN)/python -m bench.http_floor $(ARGS)

@@ -79,7 +79,9 @@ def server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gunicorn-threads", type=int, default=1)
 
 
-def served(args: argparse.Namespace) -> AbstractContextManager[HttpStack]:
+def served(
+    args: argparse.Namespace, extra_env: dict[str, str] | None = None
+) -> AbstractContextManager[HttpStack]:
     """The stack of a run, after checking for wrk and printing the run's machine line."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -89,5 +91,8 @@ def served(args: argparse.Namespace) -> AbstractContextManager[HttpStack]:
         f" gunicorn {args.workers} x {args.worker_class} ({args.gunicorn_threads} threads)"
     )
     return http_stack(
-        workers=args.workers, worker_class=args.worker_class, threads=args.gunicorn_threads
+        workers=args.workers,
+        worker_class=args.worker_class,
+        threads=args.gunicorn_threads,
+        extra_env=extra_env,
     )
