@@ -3,11 +3,12 @@ production URLconf plus these; never deployed). Each is a POST with a JSON body 
 whole middleware stack, as authorize is, and adds one round trip to the one before:
 
 - floor/token: the service token checked (one prepared statement, HMAC compared);
-- floor/token-redis: and one Redis script call (INCR of one key);
-- floor/token-redis-insert: and one one-row INSERT, committed (fsync on, as in production).
-
-Authorize makes these three round trips too, but its write is a ledger entry of seven rows, a
-job, its KeyJob row and the key's cap, and its Redis script keeps two sliding windows.
+- floor/token-insert: and one one-row INSERT, committed (fsync on, as in production): the
+  round trips of an accounting reservation or usage, each of which writes far more;
+- floor/token-redis: the token and one Redis script call (INCR of one key);
+- floor/token-redis-insert: the token, the Redis call and the INSERT: authorize's three round
+  trips, where authorize writes a ledger entry of seven rows, a job, its KeyJob row and the
+  key's cap, and its Redis script keeps two sliding windows.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def token(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
+def token_insert(request: HttpRequest) -> HttpResponse:
+    if refused := _checked(request):
+        return refused
+    execute_prepared(_INSERT, {"n": 0})  # autocommit: the INSERT commits by itself
+    return _answer(0)
+
+
+@csrf_exempt
 def token_redis(request: HttpRequest) -> HttpResponse:
     return _checked(request) or _answer(_incr(keys=["bench-floor"]))
 
@@ -66,6 +75,7 @@ def token_redis_insert(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     *production_urls,
     path("floor/token", token),
+    path("floor/token-insert", token_insert),
     path("floor/token-redis", token_redis),
     path("floor/token-redis-insert", token_redis_insert),
 ]

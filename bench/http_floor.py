@@ -4,9 +4,9 @@
     make bench-floor    (or: .venv/bin/python -m bench.http_floor --seconds 10 --rounds 2)
 
 The server is the production one (gunicorn, 3 sync workers, production settings) with the
-endpoints of bench/floor_urls.py added: a service token checked; and a Redis script call; and
-a one-row INSERT committed. Each round measures /health, the three, and authorize as `make
-bench-authorize` drives it, one after the other with the same wrk settings. Needs `wrk`.
+endpoints of bench/floor_urls.py added: a service token checked, with a one-row INSERT
+committed, a Redis script call, or both. Each round measures /health, the four, and authorize as
+`make bench-authorize` drives it, one after the other with the same wrk settings. Needs `wrk`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ request = function()
 end
 """
 
-FLOORS = ("/floor/token", "/floor/token-redis", "/floor/token-redis-insert")
+FLOORS = ("/floor/token", "/floor/token-insert", "/floor/token-redis", "/floor/token-redis-insert")
 
 
 def run(stack: HttpStack, *, seconds: float, rounds: int, connections: int, threads: int) -> None:
