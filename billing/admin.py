@@ -365,7 +365,7 @@ class AutoRechargeAdmin(ReadOnlyAdmin):
 
 @admin.register(LabDebt)
 class LabDebtAdmin(ReadOnlyAdmin):
-    list_display = ["lab", "amount", "repaid", "reason", "topup", "created_at"]
+    list_display = ["lab", "amount", "repaid", "forgiven", "reason", "topup", "created_at"]
     search_fields = ["lab__name", "lab__uuid", "topup__uuid"]
 
 

@@ -70,14 +70,6 @@ class _Entry:
     job_uuid: uuid_lib.UUID | None
 
 
-def _spendable(grant: Grant, at: datetime) -> bool:
-    return (
-        grant.voided_at is None
-        and grant.expired_at is None
-        and (grant.expires_at is None or grant.expires_at > at)
-    )
-
-
 def _take(lots: Lots, amount: Decimal) -> Lots:
     """Take up to `amount` from the lots in order; the lots keep what is left (in place)."""
     taken = []
@@ -174,7 +166,7 @@ def _budgets(budget_ids: list[int], at: datetime) -> dict[int, Lots]:
     lots: dict[int, Lots] = defaultdict(list)
     for row in execute_prepared(_BUDGETS, {"accounts": budget_ids, "at": at}):
         grant = _GRANT.load(row, 2)
-        if _spendable(grant, at):
+        if grant.is_spendable_at(at):
             lots[row[0]].append((grant, row[1]))
     return lots
 
@@ -260,7 +252,7 @@ def _charges_post(orders: Sequence[ChargeOrder], actor: Actor) -> list[ChargeRes
             release: list[Leg] = []
             for grant, left in held.get(order.job_uuid, []):
                 if left > 0:
-                    target = budget if _spendable(grant, now) else system
+                    target = budget if grant.is_spendable_at(now) else system
                     release += [Leg(reservation, grant.pk, -left), Leg(target, grant.pk, left)]
                     released += left
             if release:
@@ -326,7 +318,7 @@ def usage_refund(
         )
     )
     returnable = [
-        (g, charged[g.pk] if _spendable(g, now) else min(charged[g.pk], -owed.get(g.pk, ZERO)))
+        (g, charged[g.pk] if g.is_spendable_at(now) else min(charged[g.pk], -owed.get(g.pk, ZERO)))
         for g in grants
     ]
     legs: list[Leg] = []

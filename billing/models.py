@@ -6,6 +6,7 @@ Only billing/services.py writes these tables; everything else reads through bill
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -131,6 +132,14 @@ class Grant(TimeStampedModel):
             ),
         ]
 
+    def is_spendable_at(self, at: datetime) -> bool:
+        """Neither voided nor expired (by the sweep, or by its date already)."""
+        return (
+            self.voided_at is None
+            and self.expired_at is None
+            and (self.expires_at is None or self.expires_at > at)
+        )
+
     def __str__(self) -> str:
         return f"{self.get_category_display()} grant {self.amount} ({self.lab})"
 
@@ -160,6 +169,8 @@ class EntryType(models.TextChoices):
     # Stripe refunds and disputes take a paid grant's credits back; a later top-up repays a debt.
     CHARGEBACK = "chargeback", "Refund or dispute"
     DEBT = "debt", "Debt repayment"
+    # A dispute closed without the funds leaving us (won, or an inquiry): credits given back.
+    REINSTATE = "reinstate", "Dispute won"
 
 
 class JournalEntry(models.Model):
@@ -335,6 +346,7 @@ class TopUp(TimeStampedModel):
     disputed_minor = models.PositiveBigIntegerField(default=0)
     dispute_id = models.CharField(max_length=255, blank=True)
     dispute_reason = models.CharField(max_length=100, blank=True)
+    dispute_status = models.CharField(max_length=32, blank=True)  # Stripe's, as last read
     # Credits taken back for refunds and disputes: from the grant, or recorded as a debt.
     credits_taken_back = models.DecimalField(default=0, **MONEY_FIELD)
     receipt_sent_at = models.DateTimeField(null=True, blank=True)
@@ -371,6 +383,17 @@ class TopUp(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Top-up {self.uuid} ({self.lab}, {self.status})"
+
+    @property
+    def dispute_label(self) -> str:
+        """Where its dispute stands, in a few words ("" without one)."""
+        if not self.dispute_id:
+            return ""
+        if self.dispute_status == "won":
+            return "dispute won"
+        if self.disputed_minor:
+            return "disputed"
+        return "dispute inquiry" if self.dispute_status.startswith("warning_") else "dispute closed"
 
     @property
     def amount(self) -> Decimal:
@@ -426,32 +449,47 @@ class AutoRecharge(TimeStampedModel):
         return f"Auto-recharge of {self.lab} ({'on' if self.enabled else 'off'})"
 
 
+# A debt with something left to repay: neither repaid nor forgiven in full.
+DEBT_OPEN = Q(repaid__lt=models.F("amount") - models.F("forgiven"))
+
+
 class LabDebt(TimeStampedModel):
     """Credits a lab owes: a refund or dispute took back more than was left of its grant. The
-    lab's next paid top-ups repay it first (billing/topups.py)."""
+    lab's next paid top-ups repay it first (billing/topups.py); a dispute closed in the lab's
+    favour forgives what is still open of it."""
 
     lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="debts")
     topup = models.ForeignKey(TopUp, on_delete=models.PROTECT, related_name="debts")
     amount = models.DecimalField(**MONEY_FIELD)
     repaid = models.DecimalField(default=0, **MONEY_FIELD)
+    forgiven = models.DecimalField(default=0, **MONEY_FIELD)
     reason = models.CharField(max_length=100)
 
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(amount__gt=0, repaid__gte=0, repaid__lte=models.F("amount")),
-                name="lab_debt_repaid_within_amount",
+                condition=Q(
+                    amount__gt=0,
+                    repaid__gte=0,
+                    forgiven__gte=0,
+                    repaid__lte=models.F("amount") - models.F("forgiven"),
+                ),
+                name="lab_debt_settled_within_amount",
             ),
         ]
         indexes = [
             # debts_repay: a lab's open debts, oldest first.
             models.Index(
                 fields=["lab", "created_at"],
-                condition=Q(repaid__lt=models.F("amount")),
+                condition=DEBT_OPEN,
                 name="lab_debt_open",
             ),
         ]
 
+    @property
+    def open(self) -> Decimal:
+        return self.amount - self.repaid - self.forgiven
+
     def __str__(self) -> str:
-        return f"Debt of {self.lab}: {self.amount - self.repaid} of {self.amount}"
+        return f"Debt of {self.lab}: {self.open} of {self.amount}"

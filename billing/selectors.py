@@ -18,6 +18,7 @@ from accounts.models import Lab, Project
 from accounts.selectors import Actor
 from billing.errors import TopUpNotFoundError
 from billing.models import (
+    DEBT_OPEN,
     AccountType,
     Grant,
     GrantBalance,
@@ -238,7 +239,7 @@ def topup_get(*, actor: Actor, lab: Lab, topup_uuid: uuid_lib.UUID | str) -> Top
 
 def lab_debt(*, lab: Lab) -> Decimal:
     """What the lab still owes after refunds and disputes (index lab_debt_open)."""
-    total = LabDebt.objects.filter(lab=lab, repaid__lt=F("amount")).aggregate(
-        total=Sum(F("amount") - F("repaid"))
+    total = LabDebt.objects.filter(DEBT_OPEN, lab=lab).aggregate(
+        total=Sum(F("amount") - F("repaid") - F("forgiven"))
     )["total"]
     return total or ZERO

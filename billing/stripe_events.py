@@ -4,8 +4,9 @@ Each event is applied in one transaction that locks its top-up row, checks and r
 event id (unique), and makes its effect; replays and concurrent deliveries of one event find
 the record and do nothing. Outside test mode the object is re-read from Stripe first (no
 transaction is open then), so each handler sees the payment as it is now and events arriving in
-any order converge: a paid payment wins over pending, failed and expired, refunded and disputed
-amounts are cumulative, and credits are granted once per top-up.
+any order converge: a paid payment wins over pending, failed and expired, refunded amounts are
+cumulative, a dispute counts as it stands now (funds withdrawn, or with us again once won), and
+credits are granted once per top-up.
 """
 
 from __future__ import annotations
@@ -158,12 +159,11 @@ def _charge_refunded(event: dict[str, Any], charge: dict[str, Any]) -> None:
     )
 
 
-def _dispute_created(event: dict[str, Any], dispute: dict[str, Any]) -> None:
+def _dispute_event(event: dict[str, Any], dispute: dict[str, Any]) -> None:
     read = stripe_gateway.dispute_read(dispute)
 
     def effect(topup: TopUp) -> None:
-        topup.dispute_id, topup.dispute_reason = read.id, read.reason[:100]
-        topups.topup_refunds_record(topup=topup, disputed_minor=read.amount_minor)
+        topups.topup_dispute_record(topup=topup, dispute=read)
 
     _apply(
         event,
@@ -180,5 +180,10 @@ _HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "payment_intent.succeeded": _payment_intent_event,
     "payment_intent.payment_failed": _payment_intent_event,
     "charge.refunded": _charge_refunded,
-    "charge.dispute.created": _dispute_created,
+    # Every step of a dispute: each reads it as it is now (withdrawn, won, an inquiry closed).
+    "charge.dispute.created": _dispute_event,
+    "charge.dispute.updated": _dispute_event,
+    "charge.dispute.closed": _dispute_event,
+    "charge.dispute.funds_withdrawn": _dispute_event,
+    "charge.dispute.funds_reinstated": _dispute_event,
 }

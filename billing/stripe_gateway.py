@@ -246,6 +246,25 @@ class Dispute:
     topup_uuid: str | None
     amount_minor: int
     reason: str
+    status: str
+
+    @property
+    def withdrawn_minor(self) -> int:
+        """What Stripe holds back from us for it now: nothing for an inquiry, or once won."""
+        return 0 if self.status in DISPUTE_FUNDS_KEPT else self.amount_minor
+
+    @property
+    def closed(self) -> bool:
+        return self.status in DISPUTE_CLOSED
+
+
+# Stripe's dispute statuses in which the funds are with us: inquiries (no funds are withdrawn
+# for them), a dispute won (the funds are reinstated) or prevented (settled by a refund, which
+# charge.refunded reports). Any other status, including one Stripe adds later, holds them back.
+DISPUTE_FUNDS_KEPT = frozenset(
+    {"warning_needs_response", "warning_under_review", "warning_closed", "won", "prevented"}
+)
+DISPUTE_CLOSED = frozenset({"warning_closed", "won", "lost", "prevented"})
 
 
 def _card_label(payment_method: Mapping[str, Any], charge: Mapping[str, Any]) -> str:
@@ -337,6 +356,11 @@ def charge_read(charge: Mapping[str, Any]) -> Charge:
 
 
 def dispute_read(dispute: Mapping[str, Any]) -> Dispute:
+    """A dispute, refreshed outside test mode (its status moves on: the latest read wins), with
+    the top-up its charge's PaymentIntent names."""
+    if not offline():
+        with _stripe_errors():
+            dispute = _plain(_client().v1.disputes.retrieve(dispute["id"]))
     charge = (
         charge_read({"id": _id(dispute.get("charge"))})
         if not offline() and _id(dispute.get("charge"))
@@ -351,6 +375,7 @@ def dispute_read(dispute: Mapping[str, Any]) -> Dispute:
         topup_uuid=(charge.topup_uuid if charge else None) or metadata.get("topup"),
         amount_minor=int(dispute.get("amount") or 0),
         reason=dispute.get("reason") or "",
+        status=dispute.get("status") or "",
     )
 
 

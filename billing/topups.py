@@ -30,6 +30,7 @@ from billing.errors import TopUpError
 from billing.ledger import SYSTEM, Leg, accounts_lock, entry_post, lab_ref, project_ref
 from billing.models import (
     CREDITED_STATUSES,
+    DEBT_OPEN,
     AutoRecharge,
     EntryType,
     Grant,
@@ -43,7 +44,7 @@ from billing.models import (
     TopUpKind,
     TopUpStatus,
 )
-from billing.stripe_gateway import CheckoutOrder, Payment
+from billing.stripe_gateway import DISPUTE_CLOSED, CheckoutOrder, Dispute, Payment
 from core.money import AmountError
 
 logger = logging.getLogger(__name__)
@@ -304,18 +305,48 @@ def _auto_recharge_failure_count(topup: TopUp) -> None:
         transaction.on_commit(lambda: tasks.auto_recharge_disabled_mail.delay(setting.pk))
 
 
-def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0, disputed_minor: int = 0) -> None:
-    """Stripe's cumulative refunded and disputed amounts: the largest seen wins, so events in
-    any order converge; a credited top-up gives back what they add."""
+def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0) -> None:
+    """Stripe's cumulative refunded amount: the largest seen wins, so events in any order
+    converge; a credited top-up gives back what it adds."""
     topup.refunded_minor = min(max(topup.refunded_minor, refunded_minor), topup.amount_minor)
-    topup.disputed_minor = min(max(topup.disputed_minor, disputed_minor), topup.amount_minor)
-    if topup.status in CREDITED_STATUSES:
-        # From the stored amount: a dispute that arrived before the payment is replayed with
-        # no arguments. (Stripe refuses to refund a disputed charge, so a dispute comes last.)
-        topup_take_back(topup=topup, reason="dispute" if topup.disputed_minor else "refund")
+    _taken_back_settle(topup)
     if topup.status == TopUpStatus.PAID and topup.refunded_minor >= topup.amount_minor:
         topup.status = TopUpStatus.REFUNDED
     topup.save()
+
+
+def topup_dispute_record(*, topup: TopUp, dispute: Dispute) -> None:
+    """A dispute as Stripe reports it now: while it holds funds back, the credits they bought
+    are taken back; once they are with us again (won), or were never withdrawn (an inquiry),
+    they are given back. A closed dispute is not reopened by an older copy of it."""
+    settled = topup.dispute_id == dispute.id and topup.dispute_status in DISPUTE_CLOSED
+    if settled and not dispute.closed:
+        return
+    topup.dispute_id, topup.dispute_reason = dispute.id, dispute.reason[:100]
+    topup.dispute_status = dispute.status[:32]
+    topup.disputed_minor = min(dispute.withdrawn_minor, topup.amount_minor)
+    _taken_back_settle(topup)
+    topup.save()
+
+
+def _taken_back_target(topup: TopUp) -> Decimal:
+    """The credits bought by what Stripe refunded or holds back for a dispute: a part of the
+    payment takes back the same part of the credits (not at today's CREDITS_PER_CURRENCY_UNIT)."""
+    owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
+    return credits_share(topup.credits, owed_minor, topup.amount_minor)
+
+
+def _taken_back_settle(topup: TopUp) -> None:
+    """Take back or give back credits until what was taken back matches what Stripe refunded
+    or holds back now (from the stored amounts: a refund or dispute that arrived before the
+    payment is settled when it is credited)."""
+    if topup.status not in CREDITED_STATUSES:
+        return
+    if _taken_back_target(topup) >= topup.credits_taken_back:
+        # Stripe refuses to refund a disputed charge, so a dispute comes last.
+        topup_take_back(topup=topup, reason="dispute" if topup.disputed_minor else "refund")
+    else:
+        topup_give_back(topup=topup, reason=f"dispute {topup.dispute_status}")
 
 
 # Entries that return a grant's credits to the system account without the lab using them.
@@ -333,8 +364,7 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     already returned to the system account unused are not owed). Returns the credits taken.
     A part of the payment takes back the same part of the credits it bought (not at today's
     CREDITS_PER_CURRENCY_UNIT)."""
-    owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
-    target = credits_share(topup.credits, owed_minor, topup.amount_minor)
+    target = _taken_back_target(topup)
     wanted = target - topup.credits_taken_back
     if wanted <= 0 or topup.grant_id is None:
         return Decimal(0)
@@ -360,12 +390,10 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     returned = back_to_system.filter(entry__type__in=_RETURNED_UNUSED).aggregate(
         total=Sum("amount")
     )["total"] or Decimal(0)
-    taken_before = back_to_system.filter(entry__type=EntryType.CHARGEBACK).aggregate(
-        total=Sum("amount")
+    taken_before = _chargebacks_kept(system, topup.grant_id)
+    owed_before = LabDebt.objects.filter(topup=topup).aggregate(
+        total=Sum(F("amount") - F("forgiven"))
     )["total"] or Decimal(0)
-    owed_before = LabDebt.objects.filter(topup=topup).aggregate(total=Sum("amount"))[
-        "total"
-    ] or Decimal(0)
     tags = {"topup": str(topup.uuid), "reason": reason}
     if legs:
         entry_post(type=EntryType.CHARGEBACK, legs=legs, reason=f"Stripe {reason}", metadata=tags)
@@ -382,11 +410,62 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     return taken
 
 
+def _chargebacks_kept(system: LedgerAccount, grant_id: int) -> Decimal:
+    """Credits of the grant that refunds and disputes took back and no dispute gave back."""
+    return _grant_lines_on(system, grant_id).filter(
+        entry__type__in=[EntryType.CHARGEBACK, EntryType.REINSTATE]
+    ).aggregate(total=Sum("amount"))["total"] or Decimal(0)
+
+
+def topup_give_back(*, topup: TopUp, reason: str) -> Decimal:
+    """Give back what was taken back beyond what Stripe refunded or holds back now (a dispute
+    won, or an inquiry that withdrew nothing). First what is still open of the debts recorded
+    for this top-up is forgiven; then credits its refunds and disputes took from the grant go
+    back where the top-up put them (the lab, or its project), while the grant can be spent.
+    What neither covers (a debt repaid already, a grant expired or voided since) is logged for
+    an operator. Returns the credits forgiven and given back."""
+    surplus = topup.credits_taken_back - _taken_back_target(topup)
+    if surplus <= 0 or topup.grant_id is None:
+        return Decimal(0)
+    given = Decimal(0)
+    debts = LabDebt.objects.select_for_update().filter(DEBT_OPEN, topup=topup)
+    forgiven_ids = []
+    for debt in debts.order_by("-created_at", "-id"):
+        part = min(debt.open, surplus - given)
+        if part > 0:
+            debt.forgiven += part
+            debt.save(update_fields=["forgiven", "updated_at"])
+            forgiven_ids.append(debt.pk)
+            given += part
+    target = project_ref(topup.project) if topup.project else lab_ref(topup.lab)
+    system, account = accounts_lock(SYSTEM, target)
+    grant = Grant.objects.get(pk=topup.grant_id)
+    part = min(_chargebacks_kept(system, grant.pk), surplus - given)
+    if part > 0 and grant.is_spendable_at(timezone.now()):
+        entry_post(
+            type=EntryType.REINSTATE,
+            legs=[Leg(system.pk, grant.pk, -part), Leg(account.pk, grant.pk, part)],
+            reason=f"Stripe {reason}",
+            metadata={"topup": str(topup.uuid), "reason": reason, "debts_forgiven": forgiven_ids},
+        )
+        given += part
+    if given < surplus:
+        logger.error(
+            "top-up %s: %s: %s credits taken back could not be given back automatically (a "
+            "debt repaid already, or a grant no longer spendable); grant them by hand",
+            topup.uuid,
+            reason,
+            surplus - given,
+        )
+    topup.credits_taken_back -= given
+    return given
+
+
 def _debts_repay(topup: TopUp) -> Decimal:
     """The lab's open debts, oldest first, taken from the credits this top-up just granted."""
     debts = list(
         LabDebt.objects.select_for_update()
-        .filter(lab=topup.lab, repaid__lt=F("amount"))
+        .filter(DEBT_OPEN, lab=topup.lab)
         .order_by("created_at", "id")
     )
     if not debts or topup.grant is None:
@@ -396,7 +475,7 @@ def _debts_repay(topup: TopUp) -> Decimal:
     left = topup.grant.amount
     repaid = Decimal(0)
     for debt in debts:
-        part = min(debt.amount - debt.repaid, left - repaid)
+        part = min(debt.open, left - repaid)
         if part <= 0:
             break
         debt.repaid += part

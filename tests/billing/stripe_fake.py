@@ -222,13 +222,21 @@ def charge(topup, *, refunded_minor, intent="pi_test_paid", charge_id="ch_test_p
     }
 
 
-def dispute(topup, *, amount_minor, charge_id="ch_test_paid", intent="pi_test_paid"):
+def dispute(
+    topup,
+    *,
+    amount_minor,
+    charge_id="ch_test_paid",
+    intent="pi_test_paid",
+    status="needs_response",
+    dispute_id="dp_test_1",
+):
     return {
-        "id": "dp_test_1",
+        "id": dispute_id,
         "object": "dispute",
         "amount": amount_minor,
         "charge": charge_id,
         "payment_intent": intent,
         "reason": "fraudulent",
-        "status": "needs_response",
+        "status": status,
     }

@@ -56,7 +56,7 @@ def test_a_dispute_that_arrives_before_the_payment_is_taken_back_as_a_dispute(
     topup = start(cast, amount="40")
     stripe_fake.put(sf.session(topup))
     stripe_fake.put(sf.charge(topup, refunded_minor=0))
-    dispute = sf.dispute(topup, amount_minor=4000)
+    dispute = stripe_fake.put(sf.dispute(topup, amount_minor=4000))
     assert sf.deliver(client, sf.event("charge.dispute.created", dispute)).status_code == 200
     sf.deliver(client, sf.event("checkout.session.completed", sf.session(topup)))
     topup.refresh_from_db()

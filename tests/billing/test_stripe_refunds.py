@@ -130,10 +130,10 @@ def test_a_dispute_takes_the_disputed_credits_back_and_is_recorded(client, cast,
     services.budget_assign(lab=cast.lab, project=cast.beta, amount="100")
     usage_charge(project=cast.beta, amount=Decimal("25"))
     stripe_fake.put(sf.charge(topup, refunded_minor=0, intent=topup.stripe_payment_intent_id))
-    payload = sf.event(
-        "charge.dispute.created",
-        sf.dispute(topup, amount_minor=10000, intent=topup.stripe_payment_intent_id),
+    dispute = stripe_fake.put(
+        sf.dispute(topup, amount_minor=10000, intent=topup.stripe_payment_intent_id)
     )
+    payload = sf.event("charge.dispute.created", dispute)
     assert sf.deliver(client, payload).status_code == 200
     assert sf.deliver(client, payload).status_code == 200  # replay
     topup.refresh_from_db()

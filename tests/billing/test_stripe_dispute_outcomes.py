@@ -1,0 +1,178 @@
+"""Disputes after they open: an inquiry takes nothing; a dispute won gives back what it took
+(the open debt forgiven, the credits returned to where the top-up put them); an older copy of
+a closed dispute changes nothing."""
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from billing import services, topups
+from billing.audit import ledger_audit
+from billing.charges import usage_charge
+from billing.models import EntryType, Grant, JournalEntry, LabDebt, TopUp
+from billing.selectors import lab_balance, lab_debt
+from billing.stripe_gateway import Dispute
+from tests.billing import stripe_fake as sf
+from tests.billing.test_stripe_refunds import balances, paid
+
+pytestmark = pytest.mark.django_db
+
+
+def dispute_event(client, fake, topup, type, status, amount_minor=None, dispute_id="dp_test_1"):
+    """Stripe's dispute as it is now (what the handler re-reads), and an event about it."""
+    fake.put(sf.charge(topup, refunded_minor=0, intent=topup.stripe_payment_intent_id))
+    dispute = fake.put(
+        sf.dispute(
+            topup,
+            amount_minor=topup.amount_minor if amount_minor is None else amount_minor,
+            intent=topup.stripe_payment_intent_id,
+            status=status,
+            dispute_id=dispute_id,
+        )
+    )
+    response = sf.deliver(client, sf.event(f"charge.dispute.{type}", dispute))
+    assert response.status_code == 200
+    topup.refresh_from_db()
+    return response
+
+
+def billing_page(client, cast) -> str:
+    client.force_login(cast.alice)
+    response = client.get(f"/app/labs/{cast.lab.uuid}/billing/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def spent_then_disputed(client, fake, cast) -> TopUp:
+    """100 credits bought, 100 assigned to Beta, 25 of them spent, then the payment disputed:
+    the 75 left are taken back and the 25 spent are the lab's debt."""
+    topup = paid(client, fake, cast, amount="100")
+    services.budget_assign(lab=cast.lab, project=cast.beta, amount="100")
+    usage_charge(project=cast.beta, amount=Decimal("25"))
+    dispute_event(client, fake, topup, "created", "needs_response")
+    dispute_event(client, fake, topup, "funds_withdrawn", "needs_response")
+    assert balances(cast) == (Decimal(0), {"Alpha": Decimal(0), "Beta": Decimal(0)})
+    assert lab_debt(lab=cast.lab) == Decimal(25)
+    assert topup.credits_taken_back == Decimal(100)
+    return topup
+
+
+def test_an_inquiry_withdraws_no_funds_and_takes_no_credits(client, cast, stripe_fake):
+    topup = paid(client, stripe_fake, cast, amount="40")
+    dispute_event(client, stripe_fake, topup, "created", "warning_needs_response")
+    assert (topup.dispute_id, topup.dispute_status, topup.disputed_minor) == (
+        "dp_test_1",
+        "warning_needs_response",
+        0,
+    )
+    assert lab_balance(cast.lab).balance == Decimal(40)
+    assert not JournalEntry.objects.filter(type=EntryType.CHARGEBACK).exists()
+    assert "dispute inquiry" in billing_page(client, cast)
+    # It escalates into a chargeback: the funds leave, the credits go.
+    dispute_event(client, stripe_fake, topup, "funds_withdrawn", "needs_response")
+    assert (topup.disputed_minor, lab_balance(cast.lab).balance) == (4000, Decimal(0))
+    assert "disputed" in billing_page(client, cast)
+
+
+def test_a_dispute_won_forgives_its_debt_and_gives_the_credits_back(client, cast, stripe_fake):
+    topup = spent_then_disputed(client, stripe_fake, cast)
+
+    dispute_event(client, stripe_fake, topup, "funds_reinstated", "won")
+
+    assert (topup.dispute_status, topup.disputed_minor, topup.credits_taken_back) == (
+        "won",
+        0,
+        Decimal(0),
+    )
+    debt = LabDebt.objects.get()
+    assert (debt.amount, debt.repaid, debt.forgiven, lab_debt(lab=cast.lab)) == (
+        Decimal(25),
+        Decimal(0),
+        Decimal(25),
+        Decimal(0),
+    )
+    # The 75 taken from Beta come back to the lab, where the top-up put them.
+    assert balances(cast) == (Decimal(75), {"Alpha": Decimal(0), "Beta": Decimal(0)})
+    reinstated = JournalEntry.objects.get(type=EntryType.REINSTATE)
+    assert sorted(line.amount for line in reinstated.lines.all()) == [Decimal(-75), Decimal(75)]
+    assert reinstated.metadata["debts_forgiven"] == [debt.pk]
+    assert ledger_audit() == []
+    page = billing_page(client, cast)
+    assert "dispute won" in page and "The lab owes" not in page
+
+    # The closing event after it (another event id), and replays: nothing more moves.
+    dispute_event(client, stripe_fake, topup, "closed", "won")
+    dispute_event(client, stripe_fake, topup, "funds_reinstated", "won")
+    assert JournalEntry.objects.filter(type=EntryType.REINSTATE).count() == 1
+    assert balances(cast)[0] == Decimal(75) and lab_debt(lab=cast.lab) == Decimal(0)
+
+
+def test_a_dispute_lost_keeps_the_credits_taken_and_the_debt(client, cast, stripe_fake):
+    topup = spent_then_disputed(client, stripe_fake, cast)
+    dispute_event(client, stripe_fake, topup, "closed", "lost")
+    assert (topup.dispute_status, topup.disputed_minor) == ("lost", 10000)
+    assert balances(cast)[0] == Decimal(0) and lab_debt(lab=cast.lab) == Decimal(25)
+    assert not JournalEntry.objects.filter(type=EntryType.REINSTATE).exists()
+
+
+def test_an_older_copy_of_a_closed_dispute_changes_nothing(client, cast, stripe_fake):
+    """In the offline mode events are not re-read: a late `created` must not reopen it."""
+    topup = spent_then_disputed(client, stripe_fake, cast)
+    dispute_event(client, stripe_fake, topup, "closed", "won")
+    stale = Dispute("dp_test_1", None, None, None, 10000, "fraudulent", "needs_response")
+    topups.topup_dispute_record(topup=topup, dispute=stale)
+    topup.refresh_from_db()
+    assert (topup.dispute_status, topup.disputed_minor) == ("won", 0)
+    assert balances(cast)[0] == Decimal(75) and lab_debt(lab=cast.lab) == Decimal(0)
+
+
+def test_a_won_dispute_after_the_debt_was_repaid_is_left_to_an_operator(
+    client, cast, stripe_fake, caplog
+):
+    topup = paid(client, stripe_fake, cast, amount="50")
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="50")
+    usage_charge(project=cast.alpha, amount=Decimal("50"))  # all spent
+    dispute_event(client, stripe_fake, topup, "created", "needs_response")
+    assert lab_debt(lab=cast.lab) == Decimal(50)
+    paid(client, stripe_fake, cast, amount="60")  # repays the 50 first
+    assert (balances(cast)[0], lab_debt(lab=cast.lab)) == (Decimal(10), Decimal(0))
+
+    with caplog.at_level(logging.ERROR, logger="billing.topups"):
+        dispute_event(client, stripe_fake, topup, "closed", "won")
+
+    assert "50" in caplog.text and "grant them by hand" in caplog.text
+    assert topup.credits_taken_back == Decimal(50)  # still taken back: nothing was given
+    assert balances(cast)[0] == Decimal(10)
+    assert not JournalEntry.objects.filter(type=EntryType.REINSTATE).exists()
+    assert ledger_audit() == []
+
+
+def test_credits_of_a_grant_voided_since_are_not_given_back(client, cast, stripe_fake, caplog):
+    topup = paid(client, stripe_fake, cast, amount="30")
+    dispute_event(client, stripe_fake, topup, "created", "needs_response")
+    assert lab_balance(cast.lab).balance == Decimal(0)
+    services.grant_void(grant=Grant.objects.get(pk=topup.grant_id), reason="fraud review")
+
+    with caplog.at_level(logging.ERROR, logger="billing.topups"):
+        dispute_event(client, stripe_fake, topup, "closed", "won")
+
+    assert lab_balance(cast.lab).balance == Decimal(0)
+    assert topup.credits_taken_back == Decimal(30) and "grant them by hand" in caplog.text
+
+
+def test_a_partial_refund_stays_taken_back_when_a_dispute_on_the_rest_is_won(
+    client, cast, stripe_fake
+):
+    topup = paid(client, stripe_fake, cast, amount="100")
+    stripe_fake.put(sf.charge(topup, refunded_minor=3000, intent=topup.stripe_payment_intent_id))
+    charge = sf.charge(topup, refunded_minor=3000, intent=topup.stripe_payment_intent_id)
+    sf.deliver(client, sf.event("charge.refunded", charge))
+    dispute_event(client, stripe_fake, topup, "created", "needs_response", amount_minor=7000)
+    assert lab_balance(cast.lab).balance == Decimal(0)
+
+    dispute_event(client, stripe_fake, topup, "closed", "won", amount_minor=7000)
+
+    assert topup.credits_taken_back == Decimal(30)
+    assert lab_balance(cast.lab).balance == Decimal(70)
+    assert ledger_audit() == []
