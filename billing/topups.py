@@ -319,14 +319,22 @@ def topup_dispute_record(*, topup: TopUp, dispute: Dispute) -> None:
     """A dispute as Stripe reports it now: while it holds funds back, the credits they bought
     are taken back; once they are with us again (won), or were never withdrawn (an inquiry),
     they are given back. A closed dispute is not reopened by an older copy of it."""
-    settled = topup.dispute_id == dispute.id and topup.dispute_status in DISPUTE_CLOSED
-    if settled and not dispute.closed:
-        return
+    if topup.dispute_id == dispute.id and _dispute_stage(dispute.status) < _dispute_stage(
+        topup.dispute_status
+    ):
+        return  # an older copy, read before the event that moved it on
     topup.dispute_id, topup.dispute_reason = dispute.id, dispute.reason[:100]
     topup.dispute_status = dispute.status[:32]
     topup.disputed_minor = min(dispute.withdrawn_minor, topup.amount_minor)
     _taken_back_settle(topup)
     topup.save()
+
+
+def _dispute_stage(status: str) -> int:
+    """Disputes only move forward: an inquiry, then a chargeback, then closed."""
+    if status in DISPUTE_CLOSED:
+        return 2
+    return 0 if status.startswith("warning_") else 1
 
 
 def _taken_back_target(topup: TopUp) -> Decimal:
@@ -410,37 +418,52 @@ def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
     return taken
 
 
-def _chargebacks_kept(system: LedgerAccount, grant_id: int) -> Decimal:
-    """Credits of the grant that refunds and disputes took back and no dispute gave back."""
-    return _grant_lines_on(system, grant_id).filter(
-        entry__type__in=[EntryType.CHARGEBACK, EntryType.REINSTATE]
-    ).aggregate(total=Sum("amount"))["total"] or Decimal(0)
+def _chargebacks_kept(system: LedgerAccount, grant_id: int, reason: str | None = None) -> Decimal:
+    """Credits of the grant that refunds and disputes (or those of `reason` only) took back and
+    no dispute gave back."""
+    taken = _grant_lines_on(system, grant_id).filter(entry__type=EntryType.CHARGEBACK)
+    if reason is not None:
+        taken = taken.filter(entry__metadata__reason=reason)
+    given = _grant_lines_on(system, grant_id).filter(entry__type=EntryType.REINSTATE)
+    total = Decimal(0)
+    for lines in (taken, given):
+        total += lines.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+    return total
 
 
 def topup_give_back(*, topup: TopUp, reason: str) -> Decimal:
-    """Give back what was taken back beyond what Stripe refunded or holds back now (a dispute
-    won, or an inquiry that withdrew nothing). First what is still open of the debts recorded
-    for this top-up is forgiven; then credits its refunds and disputes took from the grant go
-    back where the top-up put them (the lab, or its project), while the grant can be spent.
-    What neither covers (a debt repaid already, a grant expired or voided since) is logged for
-    an operator. Returns the credits forgiven and given back."""
-    surplus = topup.credits_taken_back - _taken_back_target(topup)
+    """Give back what disputes took beyond what Stripe refunded or holds back now (a dispute
+    won, or an inquiry that withdrew nothing): first what is still open of the debts they
+    recorded is forgiven, then the credits they took from the grant go back where the top-up
+    put them (the lab, or its project), while the grant can be spent. Credits that had gone
+    back unused (expired, voided, depleted) before the dispute counted them are not given
+    back; what is owed but cannot be given back this way (a debt repaid already, a grant no
+    longer spendable) is logged for an operator to grant by hand. Returns the credits forgiven
+    and given back."""
+    target_now = _taken_back_target(topup)
+    surplus = topup.credits_taken_back - target_now
     if surplus <= 0 or topup.grant_id is None:
         return Decimal(0)
+    target = project_ref(topup.project) if topup.project else lab_ref(topup.lab)
+    system, account = accounts_lock(SYSTEM, target)  # before the debts, as _debts_repay does
+    debts = list(
+        LabDebt.objects.select_for_update()
+        .filter(topup=topup, reason="dispute")
+        .order_by("-created_at", "-id")
+    )
+    taken = _chargebacks_kept(system, topup.grant_id, reason="dispute")
+    due = min(surplus, taken + sum((debt.amount - debt.forgiven for debt in debts), Decimal(0)))
     given = Decimal(0)
-    debts = LabDebt.objects.select_for_update().filter(DEBT_OPEN, topup=topup)
     forgiven_ids = []
-    for debt in debts.order_by("-created_at", "-id"):
-        part = min(debt.open, surplus - given)
+    for debt in debts:
+        part = min(debt.open, due - given)
         if part > 0:
             debt.forgiven += part
             debt.save(update_fields=["forgiven", "updated_at"])
             forgiven_ids.append(debt.pk)
             given += part
-    target = project_ref(topup.project) if topup.project else lab_ref(topup.lab)
-    system, account = accounts_lock(SYSTEM, target)
     grant = Grant.objects.get(pk=topup.grant_id)
-    part = min(_chargebacks_kept(system, grant.pk), surplus - given)
+    part = min(taken, due - given)
     if part > 0 and grant.is_spendable_at(timezone.now()):
         entry_post(
             type=EntryType.REINSTATE,
@@ -449,15 +472,15 @@ def topup_give_back(*, topup: TopUp, reason: str) -> Decimal:
             metadata={"topup": str(topup.uuid), "reason": reason, "debts_forgiven": forgiven_ids},
         )
         given += part
-    if given < surplus:
+    if given < due:
         logger.error(
-            "top-up %s: %s: %s credits taken back could not be given back automatically (a "
-            "debt repaid already, or a grant no longer spendable); grant them by hand",
+            "top-up %s: %s: %s credits the dispute took could not be given back automatically "
+            "(a debt repaid already, or a grant no longer spendable); grant them by hand",
             topup.uuid,
             reason,
-            surplus - given,
+            due - given,
         )
-    topup.credits_taken_back -= given
+    topup.credits_taken_back = target_now  # what is left to give is the operator's (logged)
     return given
 
 

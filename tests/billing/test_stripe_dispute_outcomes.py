@@ -3,9 +3,15 @@
 a closed dispute changes nothing."""
 
 import logging
+import threading
+from datetime import timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
+import time_machine
+from django.db import connection
+from django.test import Client
 
 from billing import services, topups
 from billing.audit import ledger_audit
@@ -13,8 +19,10 @@ from billing.charges import usage_charge
 from billing.models import EntryType, Grant, JournalEntry, LabDebt, TopUp
 from billing.selectors import lab_balance, lab_debt
 from billing.stripe_gateway import Dispute
+from billing.sweeps import grants_expire
 from tests.billing import stripe_fake as sf
 from tests.billing.test_stripe_refunds import balances, paid
+from tests.billing.test_stripe_webhook import start
 
 pytestmark = pytest.mark.django_db
 
@@ -141,11 +149,15 @@ def test_a_won_dispute_after_the_debt_was_repaid_is_left_to_an_operator(
     with caplog.at_level(logging.ERROR, logger="billing.topups"):
         dispute_event(client, stripe_fake, topup, "closed", "won")
 
-    assert "50" in caplog.text and "grant them by hand" in caplog.text
-    assert topup.credits_taken_back == Decimal(50)  # still taken back: nothing was given
+    assert "50.000000 credits" in caplog.text and "grant them by hand" in caplog.text
+    assert topup.credits_taken_back == Decimal(0)  # the operator's to grant, once
     assert balances(cast)[0] == Decimal(10)
     assert not JournalEntry.objects.filter(type=EntryType.REINSTATE).exists()
     assert ledger_audit() == []
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="billing.topups"):
+        dispute_event(client, stripe_fake, topup, "funds_reinstated", "won")
+    assert "grant them by hand" not in caplog.text
 
 
 def test_credits_of_a_grant_voided_since_are_not_given_back(client, cast, stripe_fake, caplog):
@@ -158,7 +170,7 @@ def test_credits_of_a_grant_voided_since_are_not_given_back(client, cast, stripe
         dispute_event(client, stripe_fake, topup, "closed", "won")
 
     assert lab_balance(cast.lab).balance == Decimal(0)
-    assert topup.credits_taken_back == Decimal(30) and "grant them by hand" in caplog.text
+    assert "30.000000 credits" in caplog.text and "grant them by hand" in caplog.text
 
 
 def test_a_partial_refund_stays_taken_back_when_a_dispute_on_the_rest_is_won(
@@ -175,4 +187,113 @@ def test_a_partial_refund_stays_taken_back_when_a_dispute_on_the_rest_is_won(
 
     assert topup.credits_taken_back == Decimal(30)
     assert lab_balance(cast.lab).balance == Decimal(70)
+    assert ledger_audit() == []
+
+
+def test_an_older_inquiry_copy_does_not_undo_the_chargeback_it_became(client, cast, stripe_fake):
+    """The `created` event of an inquiry, re-read before the escalation and applied after it."""
+    topup = paid(client, stripe_fake, cast, amount="40")
+    dispute_event(client, stripe_fake, topup, "funds_withdrawn", "needs_response")
+    assert lab_balance(cast.lab).balance == Decimal(0)
+    inquiry = Dispute("dp_test_1", None, None, None, 4000, "fraudulent", "warning_needs_response")
+    topups.topup_dispute_record(topup=topup, dispute=inquiry)
+    topup.refresh_from_db()
+    assert (topup.dispute_status, topup.disputed_minor) == ("needs_response", 4000)
+    assert lab_balance(cast.lab).balance == Decimal(0)
+
+
+@pytest.mark.parametrize("gone", ["depleted", "expired"])
+def test_credits_gone_unused_before_the_dispute_are_not_given_back(
+    client, cast, stripe_fake, caplog, gone
+):
+    """A refund took 50; the other 50 went back unused before the dispute counted them; the
+    dispute is won: only what the dispute itself took could come back, and it took nothing."""
+    topup = paid(client, stripe_fake, cast, amount="100")
+    charge = stripe_fake.put(
+        sf.charge(topup, refunded_minor=5000, intent=topup.stripe_payment_intent_id)
+    )
+    sf.deliver(client, sf.event("charge.refunded", charge))
+    assert lab_balance(cast.lab).balance == Decimal(50)
+    grant = Grant.objects.get(pk=topup.grant_id)
+    if gone == "depleted":
+        services.lab_deplete(lab=cast.lab, reason="operator")
+    else:
+        grant.expires_at = grant.effective_at + timedelta(days=1)
+        grant.save(update_fields=["expires_at"])
+        with time_machine.travel(grant.expires_at + timedelta(minutes=1)):
+            grants_expire()
+    assert lab_balance(cast.lab).balance == Decimal(0)
+    dispute_event(client, stripe_fake, topup, "created", "needs_response", amount_minor=5000)
+    assert topup.credits_taken_back == Decimal(100) and lab_debt(lab=cast.lab) == Decimal(0)
+
+    with caplog.at_level(logging.ERROR, logger="billing.topups"):
+        dispute_event(client, stripe_fake, topup, "closed", "won", amount_minor=5000)
+
+    assert lab_balance(cast.lab).balance == Decimal(0)
+    assert topup.credits_taken_back == Decimal(50)  # the refund's
+    assert not JournalEntry.objects.filter(type=EntryType.REINSTATE).exists()
+    assert "grant them by hand" not in caplog.text
+    assert ledger_audit() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispute_won_while_another_top_up_repays_debts_does_not_deadlock(cast, stripe_fake):
+    """Giving back locks the accounts before the debts, as a payment repaying debts does; the
+    other order deadlocked when the two met (forced here: each waits for the other's first
+    lock)."""
+    client = Client()
+    topup = spent_then_disputed(client, stripe_fake, cast)
+    stripe_fake.put(
+        sf.dispute(topup, amount_minor=10000, intent=topup.stripe_payment_intent_id, status="won")
+    )
+    won = sf.event("charge.dispute.closed", stripe_fake.objects["dp_test_1"])
+    other = start(cast, amount="40")
+    stripe_fake.put(sf.session(other, intent="pi_other"))
+    paid_event = sf.event("checkout.session.completed", sf.session(other, intent="pi_other"))
+
+    giving_started, paying_locked = threading.Event(), threading.Event()
+    accounts_lock, debts_repay = topups.accounts_lock, topups._debts_repay
+    giver = {}
+
+    def accounts_lock_after_the_payment(*refs):
+        if threading.get_ident() == giver.get("thread"):
+            giving_started.set()
+            paying_locked.wait(10)  # the payment holds the system account now
+        return accounts_lock(*refs)
+
+    def debts_repay_once_giving(topup):
+        giving_started.wait(10)
+        paying_locked.set()
+        return debts_repay(topup)
+
+    def give():
+        giver["thread"] = threading.get_ident()
+        return sf.deliver(Client(), won).status_code
+
+    statuses = []
+
+    def run(send):
+        try:
+            statuses.append(send())
+        finally:
+            connection.close()
+
+    with (
+        mock.patch.object(topups, "accounts_lock", accounts_lock_after_the_payment),
+        mock.patch.object(topups, "_debts_repay", debts_repay_once_giving),
+    ):
+        threads = [
+            threading.Thread(target=run, args=(give,)),
+            threading.Thread(
+                target=run, args=(lambda: sf.deliver(Client(), paid_event).status_code,)
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+    assert statuses == [200, 200]
+    assert JournalEntry.objects.filter(type=EntryType.REINSTATE).count() == 1
+    assert lab_debt(lab=cast.lab) == Decimal(0)
     assert ledger_audit() == []
