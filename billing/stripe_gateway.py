@@ -253,10 +253,6 @@ class Dispute:
         """What Stripe holds back from us for it now: nothing for an inquiry, or once won."""
         return 0 if self.status in DISPUTE_FUNDS_KEPT else self.amount_minor
 
-    @property
-    def closed(self) -> bool:
-        return self.status in DISPUTE_CLOSED
-
 
 # Stripe's dispute statuses in which the funds are with us: inquiries (no funds are withdrawn
 # for them), a dispute won (the funds are reinstated) or prevented (settled by a refund, which

@@ -318,11 +318,11 @@ def topup_refunds_record(*, topup: TopUp, refunded_minor: int = 0) -> None:
 def topup_dispute_record(*, topup: TopUp, dispute: Dispute) -> None:
     """A dispute as Stripe reports it now: while it holds funds back, the credits they bought
     are taken back; once they are with us again (won), or were never withdrawn (an inquiry),
-    they are given back. A closed dispute is not reopened by an older copy of it."""
-    if topup.dispute_id == dispute.id and _dispute_stage(dispute.status) < _dispute_stage(
-        topup.dispute_status
-    ):
-        return  # an older copy, read before the event that moved it on
+    they are given back. An older copy of it (read before the event that moved it on) changes
+    nothing."""
+    stale = _dispute_stage(dispute.status) < _dispute_stage(topup.dispute_status)
+    if topup.dispute_id == dispute.id and stale:
+        return
     topup.dispute_id, topup.dispute_reason = dispute.id, dispute.reason[:100]
     topup.dispute_status = dispute.status[:32]
     topup.disputed_minor = min(dispute.withdrawn_minor, topup.amount_minor)
