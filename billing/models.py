@@ -307,6 +307,15 @@ class StripeCustomer(TimeStampedModel):
         return f"{self.customer_id} ({self.lab})"
 
 
+# Stripe's closed dispute statuses, for people; an open one is "disputed" or "dispute inquiry".
+DISPUTE_LABELS = {
+    "won": "dispute won",
+    "lost": "dispute lost",
+    "prevented": "dispute prevented",
+    "warning_closed": "inquiry closed",
+}
+
+
 class TopUp(TimeStampedModel):
     """One attempt to buy credits. Its uuid derives the idempotency key of every Stripe call
     made for it; the grant it paid for is created once, when Stripe says it is paid."""
@@ -389,11 +398,9 @@ class TopUp(TimeStampedModel):
         """Where its dispute stands, in a few words ("" without one)."""
         if not self.dispute_id:
             return ""
-        if self.dispute_status == "won":
-            return "dispute won"
-        if self.disputed_minor:
-            return "disputed"
-        return "dispute inquiry" if self.dispute_status.startswith("warning_") else "dispute closed"
+        if self.dispute_status in DISPUTE_LABELS:
+            return DISPUTE_LABELS[self.dispute_status]
+        return "dispute inquiry" if self.dispute_status.startswith("warning_") else "disputed"
 
     @property
     def amount(self) -> Decimal:

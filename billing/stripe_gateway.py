@@ -247,6 +247,7 @@ class Dispute:
     amount_minor: int
     reason: str
     status: str
+    refunded_minor: int = 0  # of its charge, as read with it (outside test mode)
 
     @property
     def withdrawn_minor(self) -> int:
@@ -372,6 +373,7 @@ def dispute_read(dispute: Mapping[str, Any]) -> Dispute:
         amount_minor=int(dispute.get("amount") or 0),
         reason=dispute.get("reason") or "",
         status=dispute.get("status") or "",
+        refunded_minor=charge.amount_refunded_minor if charge else 0,
     )
 
 

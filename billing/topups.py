@@ -323,6 +323,10 @@ def topup_dispute_record(*, topup: TopUp, dispute: Dispute) -> None:
     stale = _dispute_stage(dispute.status) < _dispute_stage(topup.dispute_status)
     if topup.dispute_id == dispute.id and stale:
         return
+    if dispute.refunded_minor > topup.refunded_minor:
+        # Refunded before the dispute (Stripe refuses it after), its event still on its way: the
+        # refund's share is settled as a refund, whichever event comes first.
+        topup_refunds_record(topup=topup, refunded_minor=dispute.refunded_minor)
     topup.dispute_id, topup.dispute_reason = dispute.id, dispute.reason[:100]
     topup.dispute_status = dispute.status[:32]
     topup.disputed_minor = min(dispute.withdrawn_minor, topup.amount_minor)
@@ -337,23 +341,28 @@ def _dispute_stage(status: str) -> int:
     return 0 if status.startswith("warning_") else 1
 
 
-def _taken_back_target(topup: TopUp) -> Decimal:
-    """The credits bought by what Stripe refunded or holds back for a dispute: a part of the
-    payment takes back the same part of the credits (not at today's CREDITS_PER_CURRENCY_UNIT)."""
-    owed_minor = min(topup.amount_minor, topup.refunded_minor + topup.disputed_minor)
-    return credits_share(topup.credits, owed_minor, topup.amount_minor)
+def _taken_back_target(topup: TopUp, *, disputed: bool = True) -> Decimal:
+    """The credits bought by what Stripe refunded (and, unless not `disputed`, holds back for a
+    dispute): a part of the payment takes back the same part of the credits (not at today's
+    CREDITS_PER_CURRENCY_UNIT)."""
+    owed_minor = topup.refunded_minor + (topup.disputed_minor if disputed else 0)
+    return credits_share(topup.credits, min(topup.amount_minor, owed_minor), topup.amount_minor)
 
 
 def _taken_back_settle(topup: TopUp) -> None:
     """Take back or give back credits until what was taken back matches what Stripe refunded
     or holds back now (from the stored amounts: a refund or dispute that arrived before the
-    payment is settled when it is credited)."""
+    payment is settled when it is credited). The refunds' share first, then the dispute's, so
+    that each take-back is tagged with its cause: a won dispute gives back only its own."""
     if topup.status not in CREDITED_STATUSES:
         return
-    if _taken_back_target(topup) >= topup.credits_taken_back:
-        # Stripe refuses to refund a disputed charge, so a dispute comes last.
-        topup_take_back(topup=topup, reason="dispute" if topup.disputed_minor else "refund")
-    else:
+    refunds = _taken_back_target(topup, disputed=False)
+    if refunds > topup.credits_taken_back:
+        topup_take_back(topup=topup, reason="refund", target=refunds)
+    target = _taken_back_target(topup)
+    if target > topup.credits_taken_back:
+        topup_take_back(topup=topup, reason="dispute", target=target)
+    elif target < topup.credits_taken_back:
         topup_give_back(topup=topup, reason=f"dispute {topup.dispute_status}")
 
 
@@ -365,14 +374,15 @@ def _grant_lines_on(account: LedgerAccount, grant_id: int) -> QuerySet[JournalLi
     return JournalLine.objects.filter(account=account, grant_id=grant_id)
 
 
-def topup_take_back(*, topup: TopUp, reason: str) -> Decimal:
+def topup_take_back(*, topup: TopUp, reason: str, target: Decimal | None = None) -> Decimal:
     """Take back the credits refunded or disputed so far and not yet taken: what is left of the
     top-up's grant in the lab and its project budgets (not credits held by running jobs); of
     the rest, what the lab used becomes a debt that the lab's next top-ups repay first (credits
     already returned to the system account unused are not owed). Returns the credits taken.
     A part of the payment takes back the same part of the credits it bought (not at today's
-    CREDITS_PER_CURRENCY_UNIT)."""
-    target = _taken_back_target(topup)
+    CREDITS_PER_CURRENCY_UNIT). `target`: what should be taken back in all, if not everything
+    refunded and disputed."""
+    target = _taken_back_target(topup) if target is None else target
     wanted = target - topup.credits_taken_back
     if wanted <= 0 or topup.grant_id is None:
         return Decimal(0)

@@ -4,6 +4,7 @@ a closed dispute changes nothing."""
 
 import logging
 import threading
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 from unittest import mock
@@ -27,9 +28,12 @@ from tests.billing.test_stripe_webhook import start
 pytestmark = pytest.mark.django_db
 
 
-def dispute_event(client, fake, topup, type, status, amount_minor=None, dispute_id="dp_test_1"):
-    """Stripe's dispute as it is now (what the handler re-reads), and an event about it."""
-    fake.put(sf.charge(topup, refunded_minor=0, intent=topup.stripe_payment_intent_id))
+def dispute_event(
+    client, fake, topup, type, status, amount_minor=None, dispute_id="dp_test_1", refunded_minor=0
+):
+    """Stripe's dispute and its charge as they are now (what the handler re-reads), and an
+    event about the dispute."""
+    fake.put(sf.charge(topup, refunded_minor=refunded_minor, intent=topup.stripe_payment_intent_id))
     dispute = fake.put(
         sf.dispute(
             topup,
@@ -122,6 +126,7 @@ def test_a_dispute_lost_keeps_the_credits_taken_and_the_debt(client, cast, strip
     assert (topup.dispute_status, topup.disputed_minor) == ("lost", 10000)
     assert balances(cast)[0] == Decimal(0) and lab_debt(lab=cast.lab) == Decimal(25)
     assert not JournalEntry.objects.filter(type=EntryType.REINSTATE).exists()
+    assert "dispute lost" in billing_page(client, cast)
 
 
 def test_an_older_copy_of_a_closed_dispute_changes_nothing(client, cast, stripe_fake):
@@ -296,4 +301,104 @@ def test_a_dispute_won_while_another_top_up_repays_debts_does_not_deadlock(cast,
     assert statuses == [200, 200]
     assert JournalEntry.objects.filter(type=EntryType.REINSTATE).count() == 1
     assert lab_debt(lab=cast.lab) == Decimal(0)
+    assert ledger_audit() == []
+
+
+def refund_event(client, fake, topup, refunded_minor):
+    charge = fake.put(
+        sf.charge(topup, refunded_minor=refunded_minor, intent=topup.stripe_payment_intent_id)
+    )
+    assert sf.deliver(client, sf.event("charge.refunded", charge)).status_code == 200
+    topup.refresh_from_db()
+
+
+def lab_total(cast) -> Decimal:
+    state = lab_balance(cast.lab)
+    return state.balance + sum(project.balance for project in state.projects)
+
+
+@pytest.mark.parametrize("first", ["refund", "dispute"])
+def test_a_refund_and_a_dispute_converge_whichever_event_comes_first(
+    client, cast, stripe_fake, first
+):
+    """Stripe refunded 50, then the payer disputed the other 50; of the credits, 50 were held
+    by a job when an operator depleted the rest, and the job gave its 50 back. The dispute is
+    won: the lab keeps what the refund left it, whichever event arrived first."""
+    topup = paid(client, stripe_fake, cast, amount="100")
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="100")
+    job = uuid.uuid4()
+    services.hold_create(project=cast.alpha, amount="50", job_uuid=job)
+    services.lab_deplete(lab=cast.lab, reason="operator")
+    usage_charge(project=cast.alpha, amount=Decimal(0), job_uuid=job, release_rest=True)
+    assert lab_total(cast) == Decimal(50)
+    if first == "refund":
+        refund_event(client, stripe_fake, topup, 5000)
+    # The dispute's charge already says 5000 refunded, as Stripe's copy does.
+    dispute_event(
+        client, stripe_fake, topup, "created", "needs_response", amount_minor=5000,
+        refunded_minor=5000,
+    )  # fmt: skip
+    if first == "dispute":
+        refund_event(client, stripe_fake, topup, 5000)
+    assert lab_total(cast) == Decimal(0)
+
+    dispute_event(
+        client, stripe_fake, topup, "closed", "won", amount_minor=5000, refunded_minor=5000
+    )
+
+    assert lab_total(cast) == Decimal(0)  # the refund took the 50 the job gave back
+    assert topup.credits_taken_back == Decimal(50) and lab_debt(lab=cast.lab) == Decimal(0)
+    assert ledger_audit() == []
+
+
+def test_a_project_top_up_won_back_goes_to_its_project(client, cast, stripe_fake):
+    topup = paid(client, stripe_fake, cast, amount="100", project=cast.beta)
+    services.budget_move(lab=cast.lab, debited=cast.beta, credited=cast.alpha, amount="30")
+    services.budget_reverse(lab=cast.lab, project=cast.beta, amount="20")
+    usage_charge(project=cast.alpha, amount=Decimal(10))
+    dispute_event(client, stripe_fake, topup, "created", "needs_response")
+    assert lab_total(cast) == Decimal(0) and lab_debt(lab=cast.lab) == Decimal(10)
+
+    dispute_event(client, stripe_fake, topup, "closed", "won")
+
+    assert balances(cast) == (Decimal(0), {"Alpha": Decimal(0), "Beta": Decimal(90)})
+    assert lab_debt(lab=cast.lab) == Decimal(0) and ledger_audit() == []
+
+
+def test_a_forgiven_debt_is_not_repaid_again(client, cast, stripe_fake, caplog):
+    topup = paid(client, stripe_fake, cast, amount="100")
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="100")
+    usage_charge(project=cast.alpha, amount=Decimal(40))
+    dispute_event(client, stripe_fake, topup, "created", "needs_response")
+    paid(client, stripe_fake, cast, amount="15")  # repays 15 of the 40
+    assert lab_debt(lab=cast.lab) == Decimal(25)
+    assert "25.00" in billing_page(client, cast)
+
+    with caplog.at_level(logging.ERROR, logger="billing.topups"):
+        dispute_event(client, stripe_fake, topup, "closed", "won")
+
+    debt = LabDebt.objects.get()
+    assert (debt.amount, debt.repaid, debt.forgiven) == (Decimal(40), Decimal(15), Decimal(25))
+    assert "15.000000 credits" in caplog.text  # the repaid part: the operator's
+    assert lab_debt(lab=cast.lab) == Decimal(0) and lab_total(cast) == Decimal(60)
+    paid(client, stripe_fake, cast, amount="20")
+    assert lab_total(cast) == Decimal(80)
+    assert JournalEntry.objects.filter(type=EntryType.DEBT).count() == 1
+    assert ledger_audit() == []
+
+
+def test_a_won_dispute_gives_back_no_more_than_its_own_share(client, cast, stripe_fake):
+    """40 of 100 disputed with 80 spent, then the other 60 refunded (its event late): once the
+    dispute is won the lab owes what it spent beyond what it kept paying for."""
+    topup = paid(client, stripe_fake, cast, amount="100")
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="100")
+    usage_charge(project=cast.alpha, amount=Decimal(80))
+    dispute_event(client, stripe_fake, topup, "created", "needs_response", amount_minor=4000)
+    refund_event(client, stripe_fake, topup, 6000)
+
+    dispute_event(client, stripe_fake, topup, "closed", "won", amount_minor=4000)
+
+    assert lab_total(cast) == Decimal(0)
+    assert lab_debt(lab=cast.lab) == Decimal(40)  # paid 40 net, spent 80
+    assert topup.credits_taken_back == Decimal(60)
     assert ledger_audit() == []
