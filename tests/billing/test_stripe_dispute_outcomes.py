@@ -402,3 +402,13 @@ def test_a_won_dispute_gives_back_no_more_than_its_own_share(client, cast, strip
     assert lab_debt(lab=cast.lab) == Decimal(40)  # paid 40 net, spent 80
     assert topup.credits_taken_back == Decimal(60)
     assert ledger_audit() == []
+
+
+def test_what_a_lab_owes_leaves_out_what_was_repaid_or_forgiven(client, cast, stripe_fake):
+    topup = paid(client, stripe_fake, cast, amount="10")
+    LabDebt.objects.create(
+        lab=cast.lab, topup=topup, amount=100, repaid=10, forgiven=30, reason="dispute"
+    )
+    LabDebt.objects.create(lab=cast.lab, topup=topup, amount=5, forgiven=5, reason="dispute")
+    assert lab_debt(lab=cast.lab) == Decimal(60)
+    assert "60.00" in billing_page(client, cast)
