@@ -172,6 +172,29 @@ def _dispute_event(event: dict[str, Any], dispute: dict[str, Any]) -> None:
     )
 
 
+def disputes_refresh() -> int:
+    """Re-read from Stripe every dispute not known to be closed and apply it as its events
+    would: for disputes whose later events came before they were handled, or never came.
+    Returns how many were read (none in the offline test mode)."""
+    if stripe_gateway.offline():
+        return 0
+    open_disputes = TopUp.objects.exclude(dispute_id="").exclude(
+        dispute_status__in=stripe_gateway.DISPUTE_CLOSED
+    )
+    count = 0
+    for topup_id, dispute_id in open_disputes.values_list("pk", "dispute_id"):
+        read = stripe_gateway.dispute_read({"id": dispute_id})  # no transaction open
+        with transaction.atomic():
+            topup = (
+                TopUp.objects.select_for_update(of=("self",))
+                .select_related("lab", "project", "created_by", "grant")
+                .get(pk=topup_id)
+            )
+            topups.topup_dispute_record(topup=topup, dispute=read)
+        count += 1
+    return count
+
+
 _HANDLERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "checkout.session.completed": _session_event,
     "checkout.session.async_payment_succeeded": _session_event,

@@ -335,7 +335,10 @@ def topup_dispute_record(*, topup: TopUp, dispute: Dispute) -> None:
 
 
 def _dispute_stage(status: str) -> int:
-    """Disputes only move forward: an inquiry, then a chargeback, then closed."""
+    """Disputes only move forward: an inquiry, then a chargeback, then closed (unknown: a
+    dispute recorded before statuses were kept, which any copy may update)."""
+    if not status:
+        return -1
     if status in DISPUTE_CLOSED:
         return 2
     return 0 if status.startswith("warning_") else 1

@@ -2,6 +2,7 @@
 (the open debt forgiven, the credits returned to where the top-up put them); an older copy of
 a closed dispute changes nothing."""
 
+import io
 import logging
 import threading
 import uuid
@@ -11,6 +12,7 @@ from unittest import mock
 
 import pytest
 import time_machine
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
@@ -412,3 +414,27 @@ def test_what_a_lab_owes_leaves_out_what_was_repaid_or_forgiven(client, cast, st
     LabDebt.objects.create(lab=cast.lab, topup=topup, amount=5, forgiven=5, reason="dispute")
     assert lab_debt(lab=cast.lab) == Decimal(60)
     assert "60.00" in billing_page(client, cast)
+
+
+@pytest.mark.parametrize("now", ["won", "warning_under_review"])
+def test_the_refresh_command_applies_what_open_disputes_became(client, cast, stripe_fake, now):
+    """A dispute recorded before statuses were kept (blank): won since, its closing event
+    ignored then, or an inquiry all along that took the credits anyway. The command reads it
+    from Stripe and gives the credits back; closed ones are not read again."""
+    topup = spent_then_disputed(client, stripe_fake, cast)
+    TopUp.objects.filter(pk=topup.pk).update(dispute_status="")
+    stripe_fake.put(
+        sf.dispute(topup, amount_minor=10000, intent=topup.stripe_payment_intent_id, status=now)
+    )
+    out = io.StringIO()
+
+    call_command("stripe_disputes_refresh", stdout=out)
+
+    assert "1 open dispute(s)" in out.getvalue()
+    assert balances(cast)[0] == Decimal(75) and lab_debt(lab=cast.lab) == Decimal(0)
+    reads = len([r for r in stripe_fake.requests if r.path == "/v1/disputes/dp_test_1"])
+    call_command("stripe_disputes_refresh", stdout=io.StringIO())
+    read_again = len([r for r in stripe_fake.requests if r.path == "/v1/disputes/dp_test_1"])
+    assert read_again == (reads if now == "won" else reads + 1)  # an inquiry is still open
+    assert JournalEntry.objects.filter(type=EntryType.REINSTATE).count() == 1
+    assert ledger_audit() == []
