@@ -12,7 +12,6 @@ import time_machine
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import Scope
 from accounts.services import service_token_create
@@ -21,29 +20,12 @@ from keys.authorize import authorize_once
 from keys.services import key_revoke
 from metering.models import Job
 from metering.reservations import reservations_expire
+from tests.keys.test_authorize_idempotency import post
+from tests.keys.test_review_keys_second import me, settle
 
 pytestmark = pytest.mark.django_db
 
 NEW_MONTH = datetime(2031, 2, 1, tzinfo=UTC)
-
-
-def post(client, key, idempotency_key, units=100):
-    return client.post(
-        "/api/v1/authorize",
-        {"key": key, "service": "ml-llm", "units": units},
-        format="json",
-        HTTP_IDEMPOTENCY_KEY=idempotency_key,
-    )
-
-
-def settle(client, job_id, units):
-    return client.post("/api/v1/usage", {"job_id": job_id, "units": units}, format="json")
-
-
-def me(full_key):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {full_key}")
-    return client.get("/api/v1/key")
 
 
 # Idempotency-Key ------------------------------------------------------------------------------
