@@ -2,10 +2,13 @@
 
 Members of a key's lab see it; its creator and the lab's owners and admins revoke and rotate it
 (others get 403, outsiders 404). A full key is rendered once, in the response to the POST that
-made it, with no-store caching; it is never put in the session, a message or a URL."""
+made it, with no-store caching; it is never put in the session, a message or a URL. The forms
+that create a key or rotate its secret are one-use (core.once): a reload of the page that shows
+the secret does not make another key or rotate again, it says what the first POST made."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +27,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.models import User
 from core.money import CENT
+from core.once import Claim, once_claim, once_token
 from keys import selectors, services
 from keys.errors import KeyNotFoundError, KeySettingsError
 from keys.forms import KeyCreateForm
@@ -137,8 +141,28 @@ def key_list(request: HttpRequest) -> HttpResponse:
     return render(request, "app/keys.html", context)
 
 
+ONCE_NEW = "key_new"
+STALE_FORM = "This form has expired or was already sent: check your keys, then send it again."
+
+
 def _render_form(request: HttpRequest, form: KeyCreateForm, status: int = 200) -> HttpResponse:
-    return render(request, "app/keys_new.html", {"form": form}, status=status)
+    context = {"form": form, "once": once_token(request, ONCE_NEW)}
+    return render(request, "app/keys_new.html", context, status=status)
+
+
+def _sent_again(request: HttpRequest, claim: Claim, done: str) -> HttpResponse:
+    """A one-use form sent a second time (a reload, a double click): nothing is done again."""
+    key = None
+    if claim.made is not None:
+        with contextlib.suppress(KeyNotFoundError):  # no longer theirs to see
+            key = selectors.key_get(actor=request.user, key_uuid=claim.made)
+    named = f"{key.name} ({key.masked})" if key is not None else "the key"
+    messages.info(
+        request,
+        f"This form was already sent: {named} was {done} then, and its secret shown once. "
+        "If you did not copy it, rotate the key.",
+    )
+    return redirect("key_list")
 
 
 def _render_secret(
@@ -166,10 +190,18 @@ def key_new(request: HttpRequest) -> HttpResponse:
     authorizable = dict(sorted(services.authorizable_services().items()))
     if request.method != "POST":
         return _render_form(request, KeyCreateForm(user=request.user, authorizable=authorizable))
+    claim = once_claim(request, ONCE_NEW)
+    if claim.spent:
+        return _sent_again(request, claim, "created")
     form = KeyCreateForm(request.POST, user=request.user, authorizable=authorizable)
-    if not form.is_valid():
+    if not claim.claimed:
+        form.is_valid()
+        form.add_error(None, STALE_FORM)
         return _render_form(request, form, status=400)
     try:
+        if not form.is_valid():
+            claim.release()
+            return _render_form(request, form, status=400)
         key, full_key = services.key_create(
             project=form.cleaned_data["project"],
             name=form.cleaned_data["name"],
@@ -177,8 +209,13 @@ def key_new(request: HttpRequest) -> HttpResponse:
             created_by=request.user,
         )
     except KeySettingsError as exc:
+        claim.release()
         form.add_settings_errors(exc)
         return _render_form(request, form, status=400)
+    except BaseException:
+        claim.release()
+        raise
+    claim.done(str(key.uuid))
     return _render_secret(request, key, full_key, rotated=False)
 
 
@@ -194,12 +231,17 @@ def _managed_key(request: HttpRequest, key_id: Any) -> ApiKey:
     return key
 
 
+def _once_rotate(key: ApiKey) -> str:
+    return f"key_rotate:{key.uuid}"
+
+
 def _confirm(request: HttpRequest, key: ApiKey, action: str) -> HttpResponse:
     context = {
         "key": key,
         "action": action,
         "status": selectors.key_status(key, timezone.now()),
         "grace": duration_display(settings.API_KEY_ROTATION_GRACE_SECONDS),
+        "once": once_token(request, _once_rotate(key)) if action == "rotate" else None,
     }
     return render(request, "app/keys_confirm.html", context)
 
@@ -228,15 +270,28 @@ def key_rotate(request: HttpRequest, key_id: Any) -> HttpResponse:
     """GET: the confirmation; POST: a new secret, shown once; the old one keeps working for
     the grace period."""
     key = _managed_key(request, key_id)
+    claim = once_claim(request, _once_rotate(key)) if request.method == "POST" else None
+    if claim is not None and claim.spent:
+        return _sent_again(request, claim, "rotated")
     status = selectors.key_status(key, timezone.now())
     if status != "active":
+        if claim is not None:
+            claim.release()
         messages.error(request, f"{key.name} is {status}: no rotation.")
         return redirect("key_list")
-    if request.method != "POST":
+    if claim is None:
         return _confirm(request, key, "rotate")
+    if not claim.claimed:
+        messages.error(request, "That confirmation has expired: confirm the rotation again.")
+        return redirect("key_rotate", key_id=key.uuid)
     try:
         key, full_key = services.key_rotate(key=key)
     except KeySettingsError as exc:  # revoked since the check above
+        claim.release()
         messages.error(request, exc.message)
         return redirect("key_list")
+    except BaseException:
+        claim.release()
+        raise
+    claim.done(str(key.uuid))
     return _render_secret(request, key, full_key, rotated=True)

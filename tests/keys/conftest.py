@@ -3,6 +3,7 @@ gateway's service token, and a factory of API keys for Alpha."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -62,3 +63,10 @@ def _rate_windows_cleared(settings):
     for name in client.scan_iter(match="rl:*", count=1000):
         client.delete(name)
     client.close()
+
+
+def once_of(client, url):
+    """The one-use token of the form on the page at `url`, as a browser would send it back."""
+    match = re.search(r'name="once" value="([^"]+)"', client.get(url).content.decode())
+    assert match, f"no one-use token on {url}"
+    return match.group(1)

@@ -3,6 +3,7 @@ revoke and rotate them, the outsider sees nothing and gets 404."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from keys.models import ApiKey, KeyLimit
 from keys.views import duration_display
-from tests.keys.conftest import authorize
+from tests.keys.conftest import authorize, once_of
 from tests.metering.test_reservations import priced_service
 
 pytestmark = pytest.mark.django_db
@@ -32,9 +33,11 @@ def limited_llm(llm):
 
 
 def post_new(client, cast, user, **overrides):
-    """`user`, signed in, posts the new key form: all services of Alpha, unless overridden."""
+    """`user`, signed in, opens the new key form and posts it: all services of Alpha, unless
+    overridden."""
     client.force_login(user)
     data = {
+        "once": once_of(client, NEW),
         "name": "Gateway prod",
         "project": str(cast.alpha.uuid),
         "service_access": "all",
@@ -314,7 +317,7 @@ def test_rotate_shows_a_new_key_and_the_old_one_works_for_the_grace_period(
     key, old = make_key(name="Rotating key")
     client.force_login(cast.alice)
     assert "keeps working for 1 hour after" in client.get(rotate_url(key)).content.decode()
-    response = client.post(rotate_url(key))
+    response = client.post(rotate_url(key), {"once": once_of(client, rotate_url(key))})
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
     new = response.context["full_key"]
@@ -352,3 +355,85 @@ def test_the_navigation_and_the_dashboard_link_to_the_keys(client, cast):
     client.force_login(cast.bob)
     page = client.get("/app/").content.decode()
     assert page.count(f'href="{KEYS}"') == 2
+
+
+# One-use forms: a reload of the page that shows a secret sends the POST again ------------------
+
+
+def test_sending_the_new_key_form_again_makes_no_second_key(client, cast, llm):
+    client.force_login(cast.alice)
+    data = {
+        "once": once_of(client, NEW),
+        "name": "Reloaded",
+        "project": str(cast.alpha.uuid),
+        "service_access": "all",
+    }
+    first = client.post(NEW, data)
+    assert first.status_code == 201
+    full_key = first.context["full_key"]
+    key = ApiKey.objects.get(name="Reloaded")
+
+    again = client.post(NEW, data, follow=True)  # the browser's "resend the form?" on reload
+    assert again.redirect_chain == [(KEYS, 302)]
+    page = again.content.decode()
+    assert f"This form was already sent: Reloaded ({key.masked}) was created then" in page
+    assert full_key not in page
+    assert ApiKey.objects.filter(name="Reloaded").count() == 1
+
+
+def test_a_form_error_leaves_the_new_key_form_usable(client, cast, llm):
+    client.force_login(cast.alice)
+    once = once_of(client, NEW)
+    data = {"once": once, "project": str(cast.alpha.uuid), "service_access": "all"}
+    assert client.post(NEW, {**data, "name": ""}).status_code == 400
+    assert client.post(NEW, {**data, "name": "Second try"}).status_code == 201
+    assert ApiKey.objects.filter(name="Second try").count() == 1
+
+
+@pytest.mark.parametrize("once", ["", "forged", "bobs"])
+def test_a_new_key_form_without_its_own_token_makes_nothing(client, cast, llm, once):
+    if once == "bobs":  # a token made for another user
+        client.force_login(cast.bob)
+        once = once_of(client, NEW)
+    client.force_login(cast.alice)
+    data = {"once": once, "name": "No token", "project": str(cast.alpha.uuid)}
+    response = client.post(NEW, {**data, "service_access": "all"})
+    assert response.status_code == 400
+    assert "This form has expired or was already sent" in response.content.decode()
+    assert not ApiKey.objects.filter(name="No token").exists()
+    assert re.search(r'name="once" value="[^"]+"', response.content.decode())  # send it again
+
+
+def test_sending_the_rotation_again_does_not_rotate_twice(client, cast, make_key, gateway):
+    key, old = make_key(name="Rotated once")
+    client.force_login(cast.alice)
+    data = {"once": once_of(client, rotate_url(key))}
+    first = client.post(rotate_url(key), data)
+    assert first.status_code == 200
+    new = first.context["full_key"]
+    key.refresh_from_db()
+    rotated_at = key.rotated_at
+
+    again = client.post(rotate_url(key), data, follow=True)
+    assert again.redirect_chain == [(KEYS, 302)]
+    assert "Rotated once" in again.content.decode()
+    assert "was rotated then, and its secret shown once" in again.content.decode()
+    assert authorize(gateway, old).status_code == 200  # still in its grace period
+    assert authorize(gateway, new).status_code == 200
+    key.refresh_from_db()
+    assert key.rotated_at == rotated_at
+
+
+@pytest.mark.parametrize("once", ["", "forged", "another key's"])
+def test_a_rotation_without_its_own_token_rotates_nothing(client, cast, make_key, gateway, once):
+    key, old = make_key(name="Kept")
+    client.force_login(cast.alice)
+    if once == "another key's":
+        other, _ = make_key(name="Other")
+        once = once_of(client, rotate_url(other))
+    response = client.post(rotate_url(key), {"once": once}, follow=True)
+    assert response.redirect_chain == [(rotate_url(key), 302)]
+    assert "That confirmation has expired" in response.content.decode()
+    key.refresh_from_db()
+    assert key.rotated_at is None
+    assert authorize(gateway, old).status_code == 200
