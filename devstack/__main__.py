@@ -40,14 +40,22 @@ def _dotenv() -> dict[str, str]:
 def _start_stack() -> tuple[Postgres, Redis, dict[str, str]]:
     postgres = postgres_start(STATE / "pg", database="meterbill")
     redis = redis_start(STATE / "redis", port=REDIS_PORT, persist=True)
+    return postgres, redis, stack_env(postgres.url, redis.url)
+
+
+def stack_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The portal's environment on the embedded servers; .env and the real environment fill
+    in the rest (the real environment wins)."""
     env = {**_dotenv(), **os.environ}
     env.update(
         DJANGO_SETTINGS_MODULE=env.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
-        DATABASE_URL=postgres.url,
-        REDIS_URL=redis.url,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
         PYTHONUNBUFFERED="1",
     )
-    return postgres, redis, env
+    # Links in mails (receipts) point at this server unless the environment says otherwise.
+    env.setdefault("PORTAL_BASE_URL", f"http://{WEB_ADDRESS}")
+    return env
 
 
 def _manage(env: dict[str, str], *args: str) -> int:
