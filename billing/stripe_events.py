@@ -115,7 +115,8 @@ def _session_event(event: dict[str, Any], session: dict[str, Any]) -> None:
         elif event["type"] == "checkout.session.async_payment_failed":
             topups.topup_fail(topup=topup, message="The payment failed")
         elif payment.session_status == "expired":
-            topups.topup_fail(topup=topup, message="The checkout expired unpaid", expired=True)
+            unpaid = "The checkout was left or expired unpaid: nothing was charged"
+            topups.topup_fail(topup=topup, message=unpaid, expired=True)
         else:  # completed, but an asynchronous payment (a bank debit) is still on its way
             topups.links_record(topup=topup, payment=payment)
 

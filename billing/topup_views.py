@@ -118,11 +118,12 @@ def _is_uuid(value: str) -> bool:
 
 
 @login_required
-@require_POST
 def lab_topup(request: HttpRequest, lab_id: str) -> HttpResponse:
     """Start a top-up: the pending row commits first, then Stripe Checkout (or the test-mode
-    page) takes the payer."""
+    page) takes the payer. A GET (the address bar after a form error) goes to the billing page."""
     lab = _visible_lab(request, lab_id)
+    if request.method != "POST":
+        return redirect("lab_billing", lab_id=lab.uuid)
     role = account_selectors.membership_role(user=request.user, lab=lab)
     form = TopUpForm(
         request.POST, lab=lab, can_save_payment_method=account_selectors.lab_role_can_manage(role)
@@ -202,9 +203,12 @@ def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpRespo
 
 
 @login_required
-@require_POST
 def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
+    """POST: save the settings; a GET (the address bar after a form error) goes to the
+    billing page."""
     lab = _visible_lab(request, lab_id)
+    if request.method != "POST":
+        return redirect("lab_billing", lab_id=lab.uuid)
     role = account_selectors.membership_role(user=request.user, lab=lab)
     if not account_selectors.lab_role_can_manage(role):
         raise PermissionDenied("Only the lab's owners and admins set auto-recharge.")

@@ -146,3 +146,17 @@ def test_billing_home_goes_to_the_only_lab_or_offers_a_choice(client, cast, offl
 def test_anonymous_visitors_are_sent_to_sign_in(client, cast):
     response = client.get(billing_url(cast.lab))
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_opening_a_form_address_goes_to_the_billing_page(client, cast, offline):
+    """After a form error the address bar shows the form's POST address; opening it again
+    (Enter, a bookmark) lands on the billing page, and only for the lab's members."""
+    client.force_login(cast.bob)
+    for form in ("top-up/", "auto-recharge/"):
+        response = client.get(f"{billing_url(cast.lab)}{form}")
+        assert response.status_code == 302 and response["Location"] == billing_url(cast.lab)
+    client.force_login(cast.charlie)
+    for form in ("top-up/", "auto-recharge/"):
+        assert client.get(f"{billing_url(cast.lab)}{form}").status_code == 404
+    assert TopUp.objects.count() == 0 and AutoRecharge.objects.count() == 0

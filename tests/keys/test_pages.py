@@ -265,7 +265,11 @@ def test_a_member_cannot_revoke_or_rotate_someone_elses_key(client, cast, make_k
     page = client.get(KEYS).content.decode()
     assert key.masked in page
     assert revoke_url(key) not in page and rotate_url(key) not in page  # no buttons
-    assert client.get(revoke_url(key)).status_code == 403
+    refused = client.get(revoke_url(key))
+    assert refused.status_code == 403
+    page = refused.content.decode()  # the portal's page, saying why
+    assert "Not allowed" in page and "Only the key&#x27;s creator and the lab&#x27;s owners" in page
+    assert 'href="/app/keys/"' in page  # the navigation is there
     assert client.post(revoke_url(key)).status_code == 403
     assert client.post(rotate_url(key)).status_code == 403
     key.refresh_from_db()
