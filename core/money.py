@@ -51,3 +51,22 @@ def credits_format_cents(amount: Decimal) -> str:
     with localcontext() as context:
         context.prec = 200
         return str(amount.quantize(CENT, rounding=ROUND_HALF_EVEN))
+
+
+def decimal_plain(value: Decimal) -> str:
+    """A decimal as people write it: no exponent, no trailing zeros (0E-12 → 0, 0.0100 →
+    0.01, 1E+2 → 100)."""
+    with localcontext() as context:
+        context.prec = 200
+        text = f"{value.normalize():f}"
+    return "0" if text == "-0" else text
+
+
+def decimal_rounded(value: Decimal, significant: int = 6) -> str:
+    """decimal_plain to at most `significant` significant digits, with "≈ " when that rounded
+    it: for prices in prose, not for amounts charged."""
+    if len(value.normalize().as_tuple().digits) <= significant:
+        return decimal_plain(value)
+    with localcontext() as context:
+        context.prec = significant
+        return "≈ " + decimal_plain(+value)

@@ -14,6 +14,7 @@ from django.utils.html import format_html_join
 
 from billing import selectors as billing_selectors
 from billing.admin import ReadOnlyAdmin
+from core.money import decimal_plain
 from metering import selectors
 from metering.cost import Tier, TierError, tiers_validate
 from metering.errors import MissingPriceError
@@ -26,7 +27,7 @@ class ServiceAdmin(admin.ModelAdmin):
     list_filter = ["type", "is_active", "is_legacy"]
     search_fields = ["slug", "name"]
     fieldsets = [
-        (None, {"fields": ["slug", "type", "name", "unit_label", "display_scale"]}),
+        (None, {"fields": ["slug", "type", "name", "unit_label", "display_scale", "display_unit"]}),
         ("State", {"fields": ["is_active", "is_legacy"]}),
         (
             "API key limits",
@@ -104,10 +105,14 @@ class PriceAdmin(admin.ModelAdmin):
 
 @admin.register(Discount)
 class DiscountAdmin(admin.ModelAdmin):
-    list_display = ["lab", "discount", "valid_from", "valid_to"]
+    list_display = ["lab", "percent_off", "valid_from", "valid_to"]
     search_fields = ["lab__name", "lab__uuid"]
     autocomplete_fields = ["lab"]
     list_select_related = ["lab"]
+
+    @admin.display(description="Discount", ordering="discount")
+    def percent_off(self, discount: Discount) -> str:
+        return f"{decimal_plain(discount.discount * 100)}%"
 
 
 class JobStateFilter(admin.SimpleListFilter):

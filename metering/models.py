@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken
 from core.models import TimeStampedModel
-from core.money import MONEY_FIELD
+from core.money import MONEY_FIELD, decimal_plain
 
 
 class ServiceType(models.TextChoices):
@@ -28,8 +28,14 @@ class Service(TimeStampedModel):
     type = models.CharField(max_length=8, choices=ServiceType.choices)
     name = models.CharField(max_length=200)
     unit_label = models.CharField(max_length=32, help_text="e.g. token, second, byte-second")
-    display_scale = models.PositiveIntegerField(
+    display_scale = models.PositiveBigIntegerField(
         default=1, help_text="Show prices per this many units, e.g. 1000 for 'per 1K tokens'."
+    )
+    display_unit = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="What the display scale's units are called, if not '<scale> <unit>s': e.g. "
+        "'GiB-month' for byte-seconds at a scale of 2783138807808000, a GiB for 30 days.",
     )
     is_active = models.BooleanField(default=True)
     is_legacy = models.BooleanField(
@@ -77,6 +83,7 @@ class Price(TimeStampedModel):
             models.CheckConstraint(
                 condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
                 name="price_valid_to_after_valid_from",
+                violation_error_message="A price's valid-to must be after its valid-from.",
             ),
         ]
         indexes = [
@@ -107,15 +114,19 @@ class PriceTier(models.Model):
             models.CheckConstraint(
                 condition=Q(max_quantity__isnull=True) | Q(max_quantity__gt=F("min_quantity")),
                 name="tier_max_above_min",
+                violation_error_message="A tier's max quantity must be above its min quantity.",
             ),
             models.CheckConstraint(
-                condition=Q(fixed_cost__gte=0, multiplier__gte=0), name="tier_costs_not_negative"
+                condition=Q(fixed_cost__gte=0, multiplier__gte=0),
+                name="tier_costs_not_negative",
+                violation_error_message="A tier's fixed cost and multiplier cannot be negative.",
             ),
         ]
 
     def __str__(self) -> str:
         top = "∞" if self.max_quantity is None else self.max_quantity
-        return f"[{self.min_quantity}, {top}): {self.fixed_cost} + {self.multiplier}/unit"
+        fixed, multiplier = decimal_plain(self.fixed_cost), decimal_plain(self.multiplier)
+        return f"[{self.min_quantity}, {top}): {fixed} + {multiplier}/unit"
 
 
 class Discount(TimeStampedModel):
@@ -126,6 +137,7 @@ class Discount(TimeStampedModel):
         max_digits=7,
         decimal_places=6,
         validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="The fraction off the lab's charges: 0.2 is 20 % off.",
     )
     valid_from = models.DateTimeField()
     valid_to = models.DateTimeField(null=True, blank=True)
@@ -134,16 +146,19 @@ class Discount(TimeStampedModel):
         ordering = ["lab_id", "-valid_from", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(discount__gte=0, discount__lte=1), name="discount_between_0_and_1"
+                condition=Q(discount__gte=0, discount__lte=1),
+                name="discount_between_0_and_1",
+                violation_error_message="A discount is a fraction from 0 to 1: 0.2 is 20 % off.",
             ),
             models.CheckConstraint(
                 condition=Q(valid_to__isnull=True) | Q(valid_to__gt=F("valid_from")),
                 name="discount_valid_to_after_valid_from",
+                violation_error_message="A discount's valid-to must be after its valid-from.",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.discount:%} off for {self.lab}"
+        return f"{decimal_plain(self.discount * 100)}% off for {self.lab}"
 
 
 class Job(TimeStampedModel):

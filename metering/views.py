@@ -8,22 +8,28 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from core.money import decimal_plain, decimal_rounded
 from metering import selectors
 
 
 def scale_label(scale: int) -> str:
+    """1000 → 1K, 2000000 → 2M, 3600 → 3,600."""
     for size, suffix in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "K")):
         if scale >= size and scale % size == 0:
-            return f"{scale // size}{suffix}"
-    return str(scale)
+            return f"{scale // size:,}{suffix}"
+    return f"{scale:,}"
 
 
-def per_units(multiplier: Decimal, scale: int, unit: str) -> str:
-    """0.00001 per token at scale 1000 → '0.01 credits per 1K tokens'."""
-    amount = (multiplier * scale).normalize()
-    text = f"{amount:f}"
-    units = f"{unit}s" if not unit.endswith("s") else unit
-    return f"{text} credits per {scale_label(scale) + ' ' if scale != 1 else ''}{units}"
+def units_plural(unit: str) -> str:
+    return unit if unit.endswith("s") else f"{unit}s"
+
+
+def per_units(multiplier: Decimal, scale: int, unit: str, display_unit: str = "") -> str:
+    """0.00001 per token at scale 1000 → '0.01 credits per 1K tokens'; at scale 1 → 'per
+    token'; with a display unit → 'per GiB-month'."""
+    amount = decimal_rounded(multiplier * scale)
+    per = display_unit or (unit if scale == 1 else f"{scale_label(scale)} {units_plural(unit)}")
+    return f"{amount} credits per {per}"
 
 
 def price_list(request: HttpRequest) -> HttpResponse:
@@ -33,11 +39,16 @@ def price_list(request: HttpRequest) -> HttpResponse:
         tiers = [
             {
                 "range": (
-                    f"from {tier.min_quantity:,} {service.unit_label}s"
+                    f"from {tier.min_quantity:,} {units_plural(service.unit_label)}"
                     + (f" to {tier.max_quantity:,}" if tier.max_quantity is not None else " up")
                 ),
-                "rate": per_units(tier.multiplier, service.display_scale, service.unit_label),
-                "fixed": tier.fixed_cost.normalize() if tier.fixed_cost else None,
+                "rate": per_units(
+                    tier.multiplier,
+                    service.display_scale,
+                    service.unit_label,
+                    service.display_unit,
+                ),
+                "fixed": decimal_plain(tier.fixed_cost) if tier.fixed_cost else None,
             }
             for tier in entry.tiers
         ]

@@ -7,7 +7,8 @@ from django.utils import timezone
 from metering import selectors, services
 from metering.cost import Tier
 from metering.errors import MissingPriceError, PriceError
-from metering.models import Price, Service, ServiceType
+from metering.models import Discount, Price, PriceTier, Service, ServiceType
+from metering.views import per_units
 
 D = Decimal
 
@@ -154,6 +155,10 @@ def test_demo_services_cover_every_subtype_once(client):
     assert Price.objects.count() == len(SUBTYPES) - 2  # legacy subtypes get no price
     page = client.get("/prices/").content.decode()
     assert "0.01 credits per 1K tokens" in page
+    assert "36 credits per instance-hour, plus 1.5 credits once" in page
+    assert "≈ 0.023 credits per GiB-month" in page  # stored to 40 places, not exactly 0.023
+    assert "0.01 credits per unit<" in page  # one unit: no scale, no plural
+    assert "E-" not in page and "0.0000000000" not in page
     assert "ml-retrieval" not in page
 
 
@@ -175,3 +180,56 @@ def test_admin_freezes_a_price_once_a_job_used_it(client, llm, cast):
     assert (
         client.post(f"/admin/metering/price/{price.pk}/delete/", {"post": "yes"}).status_code == 403
     )
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "scale", "unit", "display_unit", "text"),
+    [
+        ("0.00001", 1000, "token", "", "0.01 credits per 1K tokens"),
+        ("0.01", 1, "unit", "", "0.01 credits per unit"),
+        ("0.01", 3600, "instance-second", "", "36 credits per 3,600 instance-seconds"),
+        ("0.01", 3600, "instance-second", "instance-hour", "36 credits per instance-hour"),
+        ("0.0000001", 2_000_000, "bytes", "", "0.2 credits per 2M bytes"),
+        ("0.0100000000000000000000", 1, "call", "", "0.01 credits per call"),
+        ("0.123456789", 1, "call", "", "≈ 0.123457 credits per call"),
+    ],
+)
+def test_rates_read_as_people_write_them(multiplier, scale, unit, display_unit, text):
+    assert per_units(Decimal(multiplier), scale, unit, display_unit) == text
+
+
+def test_admin_texts_drop_exponents_and_trailing_zeros(cast):
+    tier = PriceTier(min_quantity=0, max_quantity=None)
+    tier.fixed_cost, tier.multiplier = Decimal("0E-12"), Decimal("0.0100000000000000000000")
+    assert str(tier) == "[0, ∞): 0 + 0.01/unit"
+    assert str(Discount(lab=cast.lab, discount=Decimal("0.200000"))).startswith("20% off for")
+
+
+@pytest.mark.django_db
+def test_admin_explains_a_bad_tier_or_discount_in_words(client, llm, cast):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    later = timezone.now() + timedelta(days=1)
+    form = {
+        "service": llm.pk, "lab": "", "valid_from_0": later.strftime("%Y-%m-%d"),
+        "valid_from_1": "00:00:00", "valid_to_0": later.strftime("%Y-%m-%d"),
+        "valid_to_1": "00:00:00",
+        "tiers-TOTAL_FORMS": "1", "tiers-INITIAL_FORMS": "0",
+        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
+        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "",
+        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "-0.1",
+    }  # fmt: skip
+    page = client.post("/admin/metering/price/add/", form).content.decode()
+    assert "A price&#x27;s valid-to must be after its valid-from." in page
+    assert "A tier&#x27;s fixed cost and multiplier cannot be negative." in page
+    assert "Constraint" not in page and "_not_negative" not in page
+    discount = {
+        "lab": cast.lab.pk, "discount": "0.2",
+        "valid_from_0": later.strftime("%Y-%m-%d"), "valid_from_1": "00:00:00",
+        "valid_to_0": later.strftime("%Y-%m-%d"), "valid_to_1": "00:00:00",
+    }  # fmt: skip
+    page = client.post("/admin/metering/discount/add/", discount).content.decode()
+    assert "A discount&#x27;s valid-to must be after its valid-from." in page
+    assert Price.objects.count() == 0 and not Discount.objects.exists()

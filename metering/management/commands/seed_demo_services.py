@@ -14,17 +14,20 @@ from metering.models import Service, ServiceType
 
 SINCE = datetime.fromisoformat("2024-01-01T00:00:00+00:00")
 # The accounting-service's test prices, and a linear price for everything else.
-DEMO_PRICES: dict[tuple[str, str], tuple[str, int, list[Tier]]] = {
-    ("oneshot", "ml-llm"): ("token", 1000, [Tier(0, None, Decimal(0), Decimal("0.00001"))]),
+GIB_MONTH = 1024**3 * 30 * 86400  # byte-seconds
+DEMO_PRICES: dict[tuple[str, str], tuple[str, int, str, list[Tier]]] = {
+    ("oneshot", "ml-llm"): ("token", 1000, "", [Tier(0, None, Decimal(0), Decimal("0.00001"))]),
     ("longrun", "single-cell-sim"): (
         "instance-second",
         3600,
+        "instance-hour",
         [Tier(0, None, Decimal("1.5"), Decimal("0.01"))],
     ),
     ("storage", "storage"): (
         "byte-second",
-        1,
-        [Tier(0, None, Decimal(0), Decimal("0.023") / (1024**3 * 30 * 86400))],
+        GIB_MONTH,
+        "GiB-month",
+        [Tier(0, None, Decimal(0), Decimal("0.023") / GIB_MONTH)],
     ),
 }
 
@@ -42,8 +45,8 @@ class Command(BaseCommand):
                 if slug.startswith(("ml-", "mcp"))
                 else ServiceType.LONGRUN
             )
-            unit, scale, tiers = DEMO_PRICES.get(
-                (kind, slug), ("unit", 1, [Tier(0, None, Decimal(0), Decimal("0.01"))])
+            unit, scale, display_unit, tiers = DEMO_PRICES.get(
+                (kind, slug), ("unit", 1, "", [Tier(0, None, Decimal(0), Decimal("0.01"))])
             )
             service, created = Service.objects.get_or_create(
                 type=kind,
@@ -52,6 +55,7 @@ class Command(BaseCommand):
                     "name": slug.replace("-", " ").capitalize(),
                     "unit_label": unit,
                     "display_scale": scale,
+                    "display_unit": display_unit,
                     "is_legacy": slug in LEGACY_SUBTYPES,
                 },
             )
