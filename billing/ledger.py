@@ -112,7 +112,9 @@ def accounts_lock(*refs: AccountRef) -> list[LedgerAccount]:
     keys never change, and it does not block the key-share locks of foreign-key checks.
 
     Raw SQL on purpose: locking is on the hot path of every movement, and the ORM's query
-    building cost more than the database work."""
+    building cost more than the database work. No accounts (a lab without projects): none."""
+    if not refs:
+        return []
     return _accounts_found(refs, execute_prepared(*_accounts_lock_sql(refs)))
 
 

@@ -20,7 +20,12 @@ from django.db import transaction
 
 from billing import stripe_gateway, topups
 from billing.models import StripeEvent, TopUp, TopUpKind
-from billing.stripe_gateway import Payment, WebhookEventError, WebhookSignatureError
+from billing.stripe_gateway import (
+    Payment,
+    StripeObjectError,
+    WebhookEventError,
+    WebhookSignatureError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ Effect = Callable[[TopUp], object]
 
 def webhook_receive(payload: bytes, signature_header: str | None) -> int:
     """Handle one webhook delivery; returns the HTTP status to answer: 400 for a bad or missing
-    signature or a body that is not an event (nothing written), 200 otherwise (also for types
+    signature, a body that is not an event or an object with an ill-typed field (nothing
+    written; logged as an error), 200 otherwise (also for types
     we ignore and objects that are not ours or have no id), so Stripe retries only what failed
     on our side (an exception: a 500)."""
     try:
@@ -42,15 +48,26 @@ def webhook_receive(payload: bytes, signature_header: str | None) -> int:
         logger.info("Stripe event %s of type %s ignored", event["id"], event["type"])
         return 200
     obj = event["data"]["object"]
-    if not isinstance(obj.get("id"), str) or not obj["id"]:
+    if not _usable_id(obj):
         logger.warning(
-            "Stripe event %s (%s): its object has no id; ignored", event["id"], event["type"]
+            "Stripe event %s (%s): its object has no usable id; ignored", event["id"], event["type"]
         )
         return 200
-    if StripeEvent.objects.filter(event_id=event["id"]).exists():
-        return 200  # a replay: skip even the refresh from Stripe
-    handler(event, obj)
+    try:
+        if StripeEvent.objects.filter(event_id=event["id"]).exists():
+            return 200  # a replay: skip even the refresh from Stripe
+        handler(event, obj)
+    except StripeObjectError as exc:  # nothing was written from it
+        logger.error("Stripe event %s (%s) refused: %s", event["id"], event["type"], exc)
+        return 400
     return 200
+
+
+def _usable_id(obj: dict[str, Any]) -> bool:
+    try:
+        return bool(stripe_gateway.object_id(obj))
+    except StripeObjectError:
+        return False
 
 
 def _apply(event: dict[str, Any], lookups: list[dict[str, object]], effect: Effect) -> None:

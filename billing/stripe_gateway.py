@@ -51,6 +51,11 @@ class WebhookEventError(Exception):
     data.object that is not an object."""
 
 
+class StripeObjectError(WebhookEventError):
+    """A Stripe object with a field of the wrong type or shape (an amount that is not a
+    non-negative integer, an id that is not a short string): nothing is written from it."""
+
+
 class _TransportClient(stripe.HTTPClient):
     name = "meterbill-transport"
 
@@ -163,8 +168,35 @@ def _plain(obj: Any) -> dict[str, Any]:
 def _id(value: Any) -> str | None:
     """An id, whether Stripe sent the id or the expanded object."""
     if isinstance(value, Mapping):
-        return value.get("id")
-    return value or None
+        value = value.get("id")
+    return _text(value, "id") or None
+
+
+_TEXT_MAX = 255  # ids, currencies, statuses, reasons: all short in Stripe's API
+
+
+def _text(value: Any, field: str) -> str:
+    """A short string field ("" when absent); anything else is a StripeObjectError."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > _TEXT_MAX or "\x00" in value:
+        raise StripeObjectError(f"Stripe's {field} is not a short string: {str(value)[:80]!r}")
+    return value
+
+
+def object_id(obj: Mapping[str, Any]) -> str | None:
+    """An event's object's id; None without one; StripeObjectError for one that is no id."""
+    return _id(obj)
+
+
+def _minor(value: Any, field: str, *, absent: int | None = 0) -> int | None:
+    """An amount in minor units (`absent` when there is none); anything but a non-negative
+    integer is a StripeObjectError."""
+    if value is None:
+        return absent
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StripeObjectError(f"Stripe's {field} is not an amount: {str(value)[:80]!r}")
+    return value
 
 
 def _object(value: Any) -> Mapping[str, Any]:
@@ -202,6 +234,7 @@ def event_verify(payload: bytes, signature_header: str | None) -> dict[str, Any]
     for field in ("id", "type"):
         if not isinstance(event.get(field), str) or not event[field]:
             raise WebhookEventError(f"a Stripe event without a string {field}")
+    _text(event["id"], "event id")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise WebhookEventError(f"Stripe event {event['id']} has no data.object")
@@ -305,11 +338,11 @@ def session_payment(session: Mapping[str, Any], *, refresh: bool = True) -> Paym
     return Payment(
         topup_uuid=metadata.get("topup") or session.get("client_reference_id"),
         paid=session.get("payment_status") == "paid",
-        amount_minor=session.get("amount_total"),
-        currency=(session.get("currency") or "").lower(),
+        amount_minor=_minor(session.get("amount_total"), "amount_total", absent=None),
+        currency=_text(session.get("currency"), "currency").lower(),
         invoice_id=_id(session.get("invoice")) or "",
         invoice_url=invoice.get("hosted_invoice_url") or "",
-        session_status=session.get("status") or "",
+        session_status=_text(session.get("status"), "status"),
         **facts,
     )
 
@@ -327,8 +360,10 @@ def payment_intent_payment(intent: Mapping[str, Any], *, refresh: bool = True) -
     return Payment(
         topup_uuid=_object(intent.get("metadata")).get("topup"),
         paid=intent.get("status") == "succeeded",
-        amount_minor=intent.get("amount_received") or intent.get("amount"),
-        currency=(intent.get("currency") or "").lower(),
+        amount_minor=_minor(
+            intent.get("amount_received") or intent.get("amount"), "amount", absent=None
+        ),
+        currency=_text(intent.get("currency"), "currency").lower(),
         failure_message=error.get("message") or "",
         **_from_payment_intent(intent),
     )
@@ -345,10 +380,10 @@ def charge_read(charge: Mapping[str, Any]) -> Charge:
     intent = _object(charge.get("payment_intent"))
     metadata = _object(intent.get("metadata")) or _object(charge.get("metadata"))
     return Charge(
-        id=charge["id"],
+        id=_text(charge["id"], "charge id"),
         payment_intent_id=_id(charge.get("payment_intent")),
         topup_uuid=metadata.get("topup"),
-        amount_refunded_minor=int(charge.get("amount_refunded") or 0),
+        amount_refunded_minor=_minor(charge.get("amount_refunded"), "amount_refunded") or 0,
     )
 
 
@@ -365,14 +400,14 @@ def dispute_read(dispute: Mapping[str, Any]) -> Dispute:
     )
     metadata = _object(dispute.get("metadata"))
     return Dispute(
-        id=dispute["id"],
+        id=_text(dispute["id"], "dispute id"),
         charge_id=_id(dispute.get("charge")),
         payment_intent_id=_id(dispute.get("payment_intent"))
         or (charge.payment_intent_id if charge else None),
         topup_uuid=(charge.topup_uuid if charge else None) or metadata.get("topup"),
-        amount_minor=int(dispute.get("amount") or 0),
-        reason=dispute.get("reason") or "",
-        status=dispute.get("status") or "",
+        amount_minor=_minor(dispute.get("amount"), "amount") or 0,
+        reason=_text(dispute.get("reason"), "reason"),
+        status=_text(dispute.get("status"), "status"),
         refunded_minor=charge.amount_refunded_minor if charge else 0,
     )
 

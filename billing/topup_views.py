@@ -12,7 +12,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -167,8 +167,11 @@ def topup_test_checkout(request: HttpRequest, lab_id: str, topup_id: str) -> Htt
     topup = _topup_visible(request, lab, topup_id)
     if topup.kind != TopUpKind.CHECKOUT or not topup.stripe_session_id:
         raise Http404("No checkout for this top-up")
+    outcome = request.POST.get("outcome")
+    if request.method == "POST" and outcome not in ("pay", "cancel"):
+        return HttpResponseBadRequest("outcome must be pay or cancel")
     if request.method == "POST" and topup.status == TopUpStatus.PENDING:
-        if request.POST.get("outcome") == "pay":
+        if outcome == "pay":
             test_mode.checkout_complete(topup=topup)
             messages.success(request, f"Test payment done: {topup.credits:.2f} credits added.")
         else:

@@ -42,15 +42,20 @@ def credits_parse(value: object, *, positive: bool = True) -> Decimal:
 def credits_quantize(amount: Decimal) -> Decimal:
     """The one rounding rule for computed amounts (costs, charges): half-even to 0.000001."""
     with localcontext() as context:
-        context.prec = 200  # a huge computed cost must round, not raise InvalidOperation
+        context.prec = _digits_for(amount)  # a huge computed cost must round, not raise
         return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 def credits_format_cents(amount: Decimal) -> str:
     """Two-decimal string, as the accounting-service prints balances ("400.00")."""
     with localcontext() as context:
-        context.prec = 200
+        context.prec = _digits_for(amount)
         return str(amount.quantize(CENT, rounding=ROUND_HALF_EVEN))
+
+
+def _digits_for(amount: Decimal) -> int:
+    """Enough precision to quantize `amount` to a millionth exactly, however large it is."""
+    return max(200, amount.adjusted() + CREDIT_PLACES + 2) if amount.is_finite() else 200
 
 
 def decimal_plain(value: Decimal) -> str:

@@ -6,9 +6,11 @@ import logging
 
 import redis
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 
 from core.errors import error_body
@@ -72,6 +74,16 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     if _wants_json(request):
         return JsonResponse(error_body("ENTITY_NOT_FOUND", "Not found"), status=404)
     return render(request, "404.html", status=404)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Refused before a view ran (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a bad Host)."""
+    if not _wants_json(request):
+        return defaults.bad_request(request, exception)
+    message = "Bad request"
+    if isinstance(exception, RequestDataTooBig):
+        message = f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+    return JsonResponse(error_body("INVALID_REQUEST", message), status=400)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema, extend_schema_field
@@ -16,6 +17,7 @@ from rest_framework.response import Response
 
 from accounts import selectors as account_selectors
 from accounts.errors import LabNotFoundError
+from accounts.models import Lab
 from billing.api import AccountingTokenView, GlobalTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from core.money import credits_format_cents
@@ -24,6 +26,8 @@ from metering.constants import (
     LEGACY_SUBTYPES,
     MAX_DURATION_SECONDS,
     MAX_INSTANCES,
+    MAX_LABEL,
+    MAX_QUANTITY,
     SUBTYPES,
 )
 from metering.cost import Tier
@@ -39,7 +43,12 @@ class AwareDateTimeField(serializers.DateTimeField):
     """A datetime with its timezone, as the reference requires (`AwareDatetime`)."""
 
     def to_internal_value(self, value: Any) -> datetime:
-        given = parse_datetime(value) if isinstance(value, str) else None
+        try:
+            given = parse_datetime(value) if isinstance(value, str) else None
+        except ValueError as exc:  # well formed, but no such moment: 2024-02-30, 25:00
+            raise serializers.ValidationError(
+                "Input should be a valid datetime", code="datetime_parsing"
+            ) from exc
         if given is not None and given.tzinfo is None:
             raise serializers.ValidationError(
                 "Input should have timezone info", code="timezone_aware"
@@ -96,8 +105,10 @@ def _not_legacy(subtype: str) -> str:
 
 
 class TierIn(StrictSerializer):
-    min_quantity = serializers.IntegerField(min_value=0)
-    max_quantity = serializers.IntegerField(min_value=0, allow_null=True, required=False)
+    min_quantity = serializers.IntegerField(min_value=0, max_value=MAX_QUANTITY)
+    max_quantity = serializers.IntegerField(
+        min_value=0, max_value=MAX_QUANTITY, allow_null=True, required=False
+    )
     fixed_cost = ExactDecimalField(places=12)
     multiplier = ExactDecimalField(places=40)
 
@@ -127,6 +138,10 @@ class PriceView(GlobalTokenView):
     def post(self, request: Request) -> Response:
         data = self.valid(PriceIn)
         lab = self.lab(data["vlab_id"]) if data.get("vlab_id") else None
+        with transaction.atomic():  # a refused price leaves no new service behind
+            return self._price_created(data, lab)
+
+    def _price_created(self, data: dict[str, Any], lab: Lab | None) -> Response:
         service, _ = Service.objects.get_or_create(
             type=data["service_type"],
             slug=data["service_subtype"],
@@ -234,7 +249,7 @@ class EstimateIn(StrictSerializer):
     proj_id = serializers.UUIDField()
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
     subtype = subtype_field()
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0)  # any size: the reference's 402 / estimate
 
     def validate_subtype(self, value: str) -> str:
         return _not_legacy(value)
@@ -266,14 +281,16 @@ class ReservationIn(StrictSerializer):
 
 class OneshotReservationIn(ReservationIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0)  # any size: the reference's 402 / estimate
 
 
 class LongrunReservationIn(ReservationIn):
     type = serializers.ChoiceField(choices=[ServiceType.LONGRUN.value])
     duration = serializers.IntegerField(min_value=0, max_value=MAX_DURATION_SECONDS)
     instances = serializers.IntegerField(min_value=0, max_value=MAX_INSTANCES)
-    instance_type = serializers.CharField(allow_null=True, allow_blank=True, required=False)
+    instance_type = serializers.CharField(
+        max_length=MAX_LABEL, allow_null=True, allow_blank=True, required=False
+    )
 
 
 class ReservationView(AccountingTokenView):

@@ -19,3 +19,5 @@ LEGACY_SUBTYPES = {"ml-rag", "ml-retrieval"}
 MAX_INSTANCES = 1_000_000
 MAX_DURATION_SECONDS = 10 * 366 * 86400  # ten years
 MAX_STORAGE_BYTES = 10**18  # an exabyte
+MAX_QUANTITY = 2**63 - 1  # units in one count or tier bound: a PostgreSQL bigint
+MAX_LABEL = 255  # a name or instance type sent with a job

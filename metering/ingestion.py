@@ -28,6 +28,7 @@ from accounts import selectors as account_selectors
 from accounts.models import ServiceToken
 from core.db import execute_prepared
 from core.errors import InvalidRequestError
+from metering.constants import MAX_QUANTITY
 from metering.models import (
     Job,
     Service,
@@ -44,7 +45,7 @@ MAX_EVENTS = 1000
 FIELDS = {"id", "project", "service", "type", "units", "timestamp", "job", "key"}
 ID_MAX_LENGTH = 255  # UsageEvent.event_id
 KEY_MAX_LENGTH = 64  # UsageEvent.key_ref
-UNITS_MAX = 2**63 - 1  # a PostgreSQL bigint
+UNITS_MAX = MAX_QUANTITY
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,64}")
 
 
@@ -191,10 +192,22 @@ def _moment(value: object) -> datetime | None:
         if isinstance(value, str) and len(value) <= 64:
             parsed = parse_datetime(value.strip())
             if parsed is not None:
-                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+                return _utc(parsed)
     except (OverflowError, OSError, ValueError):
         pass
     return None
+
+
+def _utc(moment: datetime) -> datetime:
+    """In UTC (naive: taken as UTC). Beyond year 1 or 9999 in UTC: the edge it passed, which is
+    out of range as the moment itself is."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if moment.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 def _parsed(event: _Event, earliest: datetime, latest: datetime) -> str | None:

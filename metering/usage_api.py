@@ -21,7 +21,7 @@ from billing.api import AccountingTokenView
 from core.accounting import StrictSerializer, envelope, enveloped
 from metering import selectors, usage
 from metering.api import subtype_field
-from metering.constants import MAX_INSTANCES, MAX_STORAGE_BYTES
+from metering.constants import MAX_INSTANCES, MAX_LABEL, MAX_QUANTITY, MAX_STORAGE_BYTES
 from metering.models import ServiceType
 
 
@@ -60,7 +60,7 @@ class JobUsageIn(UsageIn):
 
 class OneshotUsageIn(JobUsageIn):
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
-    count = serializers.IntegerField(min_value=0)
+    count = serializers.IntegerField(min_value=0, max_value=MAX_QUANTITY)
 
 
 class LongrunUsageIn(JobUsageIn):
@@ -69,7 +69,9 @@ class LongrunUsageIn(JobUsageIn):
     instances = serializers.IntegerField(
         min_value=0, max_value=MAX_INSTANCES, allow_null=True, required=False
     )
-    instance_type = serializers.CharField(allow_null=True, allow_blank=True, required=False)
+    instance_type = serializers.CharField(
+        max_length=MAX_LABEL, allow_null=True, allow_blank=True, required=False
+    )
 
 
 class StorageUsageIn(UsageIn):

@@ -196,6 +196,9 @@ def test_no_top_up_is_created_for_an_amount_stripe_cannot_charge(
         (["not", "an", "event"], 400),
         ({"id": "evt_4", "type": "checkout.session.completed", "data": {"object": {}}}, 200),
         ({"id": "evt_5", "type": "charge.dispute.created", "data": {"object": {"id": 5}}}, 200),
+        ({"id": "evt_7", "type": "charge.refunded", "data": {"object": {"id": "ch_\x00"}}}, 200),
+        ({"id": "evt_8", "type": "charge.refunded", "data": {"object": {"id": "ch_" * 90}}}, 200),
+        ({"id": "evt_\x00", "type": "charge.refunded", "data": {"object": {"id": "ch_x"}}}, 400),
         ({"id": "evt_6", "type": "ping", "data": {"object": {}}}, 200),  # unknown type
     ],
 )

@@ -68,3 +68,25 @@ def test_schema_and_docs_are_served(client):
     # Swagger UI comes from our own static files, never a CDN.
     assert b"cdn" not in docs.content.lower()
     assert b"swagger-ui" in docs.content
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/api/accounting/budget/top-up", "/api/v1/keys", "/api/v1/usage"])
+def test_a_body_over_the_upload_limit_is_a_json_400_on_the_api(token_client, settings, url):
+    client = token_client(["accounting", "keys", "usage"])
+    client.raise_request_exception = False
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = client.generic("POST", url, '{"name": "' + "x" * 2000 + '"}', "application/json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error_code": "INVALID_REQUEST",
+        "message": "The body is larger than 1000 bytes.",
+        "details": None,
+    }
+
+
+def test_a_page_refused_before_its_view_is_still_html(client, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    client.raise_request_exception = False
+    response = client.post("/accounts/login/", {"login": "x" * 2000, "password": "y"})
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
