@@ -11,17 +11,18 @@ from rest_framework.response import Response
 from accounts import selectors
 from accounts.models import Lab, Scope, ServiceToken, User
 from accounts.permissions import token_scope_required
+from core.accounting import UUIDField
 
 
 class ProjectOut(serializers.Serializer):
-    id = serializers.UUIDField(source="uuid")
+    id = UUIDField(source="uuid")
     name = serializers.CharField()
-    lab_id = serializers.UUIDField(source="lab.uuid")
+    lab_id = UUIDField(source="lab.uuid")
     created_at = serializers.DateTimeField()
 
 
 class LabOut(serializers.Serializer):
-    id = serializers.UUIDField(source="uuid")
+    id = UUIDField(source="uuid")
     name = serializers.CharField()
     is_personal = serializers.SerializerMethodField()
     role = serializers.SerializerMethodField()

@@ -23,7 +23,14 @@ from accounts.services import lab_create, project_create
 from billing import selectors, services
 from billing.errors import AccountNotFoundError, SystemAccountNotFoundError
 from billing.models import GrantSource, LedgerAccount
-from core.accounting import AccountingView, CreditsField, StrictSerializer, envelope, enveloped
+from core.accounting import (
+    AccountingView,
+    CreditsField,
+    StrictSerializer,
+    UUIDField,
+    envelope,
+    enveloped,
+)
 from core.errors import ConflictError
 from core.money import credits_format_cents
 
@@ -69,7 +76,7 @@ class GlobalTokenView(AccountingTokenView):
 
 
 class AccountOut(serializers.Serializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     name = serializers.CharField()
 
 
@@ -78,13 +85,13 @@ class LabAccountOut(AccountOut):
 
 
 class ProjectBalanceOut(serializers.Serializer):
-    proj_id = serializers.UUIDField()
+    proj_id = UUIDField()
     balance = serializers.CharField()
     reservation = serializers.CharField()
 
 
 class LabBalanceOut(serializers.Serializer):
-    vlab_id = serializers.UUIDField()
+    vlab_id = UUIDField()
     balance = serializers.CharField()
     projects = ProjectBalanceOut(many=True, required=False)
 
@@ -101,7 +108,7 @@ NULL_DATA = enveloped("AccountingOperationOut")
 
 
 class SystemAccountIn(StrictSerializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     name = serializers.CharField(max_length=200)
 
 
@@ -128,7 +135,7 @@ class SystemAccountView(GlobalTokenView):
 
 
 class VirtualLabIn(StrictSerializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     name = serializers.CharField(max_length=200)
     balance = CreditsField(positive=False, required=False)
 
@@ -163,9 +170,9 @@ class VirtualLabAccountView(GlobalTokenView):
 
 
 class ProjectIn(StrictSerializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     name = serializers.CharField(max_length=200)
-    vlab_id = serializers.UUIDField()
+    vlab_id = UUIDField()
 
 
 class ProjectAccountView(AccountingTokenView):
@@ -258,7 +265,7 @@ class ProjectBalanceView(AccountingTokenView):
 
 
 class TopUpIn(StrictSerializer):
-    vlab_id = serializers.UUIDField()
+    vlab_id = UUIDField()
     amount = CreditsField()
 
 
@@ -277,8 +284,8 @@ class TopUpView(GlobalTokenView):
 
 
 class AssignIn(StrictSerializer):
-    vlab_id = serializers.UUIDField()
-    proj_id = serializers.UUIDField()
+    vlab_id = UUIDField()
+    proj_id = UUIDField()
     amount = CreditsField()
 
 
@@ -311,9 +318,9 @@ class ReverseView(AccountingTokenView):
 
 
 class MoveIn(StrictSerializer):
-    vlab_id = serializers.UUIDField()
-    debited_from = serializers.UUIDField()
-    credited_to = serializers.UUIDField()
+    vlab_id = UUIDField()
+    debited_from = UUIDField()
+    credited_to = UUIDField()
     amount = CreditsField()
 
 
@@ -333,7 +340,7 @@ class MoveView(AccountingTokenView):
 
 
 class GrantIn(StrictSerializer):
-    proj_id = serializers.UUIDField()
+    proj_id = UUIDField()
     amount = CreditsField()
 
 
@@ -351,7 +358,7 @@ class GrantView(GlobalTokenView):
 
 
 class DepleteProjectIn(StrictSerializer):
-    proj_id = serializers.UUIDField()
+    proj_id = UUIDField()
 
 
 class DepleteProjectView(GlobalTokenView):
@@ -369,7 +376,7 @@ class DepleteProjectView(GlobalTokenView):
 
 
 class DepleteLabIn(StrictSerializer):
-    vlab_id = serializers.UUIDField()
+    vlab_id = UUIDField()
 
 
 class DepleteLabView(GlobalTokenView):

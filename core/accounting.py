@@ -62,6 +62,16 @@ def accounting_exception_handler(exc: Exception, context: dict[str, Any]) -> Res
     )
 
 
+class UUIDField(serializers.UUIDField):
+    """A UUID sent as a string, as the reference takes it: DRF's own also takes an integer,
+    so `true` or `1` would name the UUID 00000000-…-0001."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not know, as the reference does (`extra="forbid"`)."""
 

@@ -30,7 +30,7 @@ from accounts.authentication import (
 )
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
-from core.accounting import StrictSerializer
+from core.accounting import StrictSerializer, UUIDField
 from keys.authorize import (
     UNITS_MAX,
     Code,
@@ -103,8 +103,8 @@ class DecisionOut(serializers.Serializer):
     allowed = serializers.BooleanField()
     code = serializers.CharField()
     message = serializers.CharField()
-    job_id = serializers.UUIDField(allow_null=True)
-    project = serializers.UUIDField(allow_null=True)
+    job_id = UUIDField(allow_null=True)
+    project = UUIDField(allow_null=True)
     limits = LimitsOut()
 
 
@@ -259,12 +259,12 @@ def _no_constant(name: str) -> None:
 
 
 class AuthorizedUsageIn(StrictSerializer):
-    job_id = serializers.UUIDField()
+    job_id = UUIDField()
     units = serializers.IntegerField(min_value=0, max_value=UNITS_MAX)
 
 
 class AuthorizedUsageOut(serializers.Serializer):
-    job_id = serializers.UUIDField()
+    job_id = UUIDField()
     units = serializers.IntegerField()
     charged = serializers.DecimalField(max_digits=24, decimal_places=6)
     reserved = serializers.DecimalField(max_digits=24, decimal_places=6)

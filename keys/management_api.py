@@ -34,7 +34,7 @@ from accounts import selectors as account_selectors
 from accounts.authentication import ServiceTokenAuthentication
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
-from core.accounting import CreditsField, StrictSerializer
+from core.accounting import CreditsField, StrictSerializer, UUIDField
 from core.errors import InvalidRequestError
 from core.parsers import UnicodeJSONParser
 from keys import selectors
@@ -88,7 +88,7 @@ class PeriodField(serializers.ChoiceField):
 
 
 class KeyCreateIn(StrictSerializer):
-    project = serializers.UUIDField(help_text="A project the token may see.")
+    project = UUIDField(help_text="A project the token may see.")
     name = serializers.CharField(max_length=100)
     services = serializers.ListField(
         child=serializers.SlugField(max_length=64),
@@ -128,10 +128,10 @@ class KeyLimitOut(serializers.Serializer):
 class KeyOut(serializers.Serializer):
     """A key's settings: never its secret or any hash of it."""
 
-    id = serializers.UUIDField(source="uuid")
+    id = UUIDField(source="uuid")
     name = serializers.CharField()
-    project = serializers.UUIDField(source="project.uuid")
-    lab = serializers.UUIDField(source="project.lab.uuid")
+    project = UUIDField(source="project.uuid")
+    lab = UUIDField(source="project.lab.uuid")
     prefix = serializers.SerializerMethodField(help_text="sk_<lookup id>: the public part.")
     masked = serializers.CharField()
     status = serializers.SerializerMethodField()

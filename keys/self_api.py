@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.selectors import project_balances
+from core.accounting import UUIDField
 from core.money import credits_quantize
 from keys import selectors
 from keys.authorize import (
@@ -156,7 +157,7 @@ class CreditCapOut(serializers.Serializer):
 
 
 class ProjectCreditsOut(serializers.Serializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     available = serializers.DecimalField(
         max_digits=24,
         decimal_places=6,
@@ -178,7 +179,7 @@ class ServiceAllowanceOut(serializers.Serializer):
 
 
 class KeySelfOut(serializers.Serializer):
-    id = serializers.UUIDField()
+    id = UUIDField()
     name = serializers.CharField()
     prefix = serializers.CharField()
     expires_at = serializers.DateTimeField(allow_null=True)

@@ -19,7 +19,7 @@ from accounts import selectors as account_selectors
 from accounts.errors import LabNotFoundError
 from accounts.models import Lab
 from billing.api import AccountingTokenView, GlobalTokenView
-from core.accounting import StrictSerializer, envelope, enveloped
+from core.accounting import StrictSerializer, UUIDField, envelope, enveloped
 from core.money import credits_format_cents
 from metering import reservations, selectors, services
 from metering.constants import (
@@ -118,7 +118,7 @@ class PriceIn(StrictSerializer):
     service_subtype = subtype_field()
     valid_from = AwareDateTimeField()
     valid_to = AwareDateTimeField(allow_null=True, required=False)
-    vlab_id = serializers.UUIDField(allow_null=True, required=False)
+    vlab_id = UUIDField(allow_null=True, required=False)
     tiers = TierIn(many=True, allow_empty=False)
 
     def validate_service_subtype(self, value: str) -> str:
@@ -186,7 +186,7 @@ class PriceView(GlobalTokenView):
 
 
 class DiscountIn(StrictSerializer):
-    vlab_id = serializers.UUIDField()
+    vlab_id = UUIDField()
     discount = serializers.DecimalField(
         max_digits=7, decimal_places=6, min_value=Decimal(0), max_value=Decimal(1)
     )
@@ -246,7 +246,7 @@ class CurrentDiscountView(AccountingTokenView):
 
 
 class EstimateIn(StrictSerializer):
-    proj_id = serializers.UUIDField()
+    proj_id = UUIDField()
     type = serializers.ChoiceField(choices=[ServiceType.ONESHOT.value])
     subtype = subtype_field()
     count = serializers.IntegerField(min_value=0)  # any size: the reference's 402 / estimate
@@ -269,9 +269,9 @@ class EstimateView(AccountingTokenView):
 
 
 class ReservationIn(StrictSerializer):
-    proj_id = serializers.UUIDField()
-    user_id = serializers.UUIDField()
-    group_id = serializers.UUIDField(allow_null=True, required=False)
+    proj_id = UUIDField()
+    user_id = UUIDField()
+    group_id = UUIDField(allow_null=True, required=False)
     name = serializers.CharField(max_length=255, allow_null=True, allow_blank=True, required=False)
     subtype = subtype_field()
 

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from accounts.authentication import ServiceTokenAuthentication
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
+from core.accounting import UUIDField
 from core.errors import InvalidRequestError
 from metering import ingestion
 from metering.models import ServiceType, UsageEventOutcome
@@ -47,7 +48,7 @@ class UsageEventIn(serializers.Serializer):
     id = serializers.CharField(
         max_length=ingestion.ID_MAX_LENGTH, help_text="Unique per token: a resend is a duplicate."
     )
-    project = serializers.UUIDField(help_text="A project the token may see.")
+    project = UUIDField(help_text="A project the token may see.")
     service = serializers.CharField(max_length=64, help_text="The service's slug, e.g. ml-llm.")
     type = serializers.ChoiceField(
         choices=ServiceType.choices,
@@ -60,7 +61,7 @@ class UsageEventIn(serializers.Serializer):
         help_text="ISO-8601 (UTC if no offset) or integer epoch seconds; from "
         "USAGE_MAX_PAST_SECONDS ago to USAGE_MAX_FUTURE_SECONDS ahead."
     )
-    job = serializers.UUIDField(required=False, allow_null=True)
+    job = UUIDField(required=False, allow_null=True)
     key = serializers.CharField(
         max_length=ingestion.KEY_MAX_LENGTH,
         required=False,

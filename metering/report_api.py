@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.api import AccountingTokenView, GlobalTokenView
-from core.accounting import envelope, enveloped
+from core.accounting import UUIDField, envelope, enveloped
 from core.errors import ApiError
 from metering import reports
 from metering.constants import SUBTYPES
@@ -175,18 +175,18 @@ def report_item(job: Job, *, with_lab: bool, with_project: bool) -> dict[str, An
 
 
 class _ReportItemOut(serializers.Serializer):
-    job_id = serializers.UUIDField()
-    vlab_id = serializers.UUIDField(required=False, help_text="System report only.")
-    proj_id = serializers.UUIDField(required=False, help_text="System and virtual-lab reports.")
+    job_id = UUIDField()
+    vlab_id = UUIDField(required=False, help_text="System report only.")
+    proj_id = UUIDField(required=False, help_text="System and virtual-lab reports.")
     subtype = serializers.ChoiceField(choices=SUBTYPES)
     started_at = serializers.DateTimeField()
     amount = serializers.CharField(help_text="Net cost of the job to its project.")
 
 
 class _ReservedJobOut(_ReportItemOut):
-    user_id = serializers.UUIDField(allow_null=True)
+    user_id = UUIDField(allow_null=True)
     name = serializers.CharField(required=False)
-    group_id = serializers.UUIDField(required=False)
+    group_id = UUIDField(required=False)
     reserved_at = serializers.DateTimeField(allow_null=True)
     reserved_amount = serializers.CharField()
 
@@ -310,9 +310,9 @@ class ProjectReportView(ReportView):
 
 
 class OpenJobOut(serializers.Serializer):
-    id = serializers.UUIDField()
-    vlab_id = serializers.UUIDField()
-    proj_id = serializers.UUIDField()
+    id = UUIDField()
+    vlab_id = UUIDField()
+    proj_id = UUIDField()
     service_subtype = serializers.ChoiceField(choices=SUBTYPES)
     started_at = serializers.DateTimeField(allow_null=True)
     last_alive_at = serializers.DateTimeField(allow_null=True)

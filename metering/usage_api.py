@@ -18,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.api import AccountingTokenView
-from core.accounting import StrictSerializer, envelope, enveloped
+from core.accounting import StrictSerializer, UUIDField, envelope, enveloped
 from metering import selectors, usage
 from metering.api import subtype_field
 from metering.constants import MAX_INSTANCES, MAX_LABEL, MAX_QUANTITY, MAX_STORAGE_BYTES
@@ -48,13 +48,13 @@ class EpochSecondsField(serializers.IntegerField):
 
 
 class UsageIn(StrictSerializer):
-    proj_id = serializers.UUIDField()
+    proj_id = UUIDField()
     subtype = subtype_field()
     timestamp = EpochSecondsField()
 
 
 class JobUsageIn(UsageIn):
-    job_id = serializers.UUIDField()
+    job_id = UUIDField()
     name = serializers.CharField(max_length=255, allow_null=True, allow_blank=True, required=False)
 
 

@@ -153,3 +153,20 @@ def test_an_event_beyond_the_calendar_in_utc_is_out_of_range(cast, token_client,
     assert response.status_code == 200
     [result] = response.json()["results"]
     assert (result["outcome"], result["reason"]) == ("rejected", "timestamp_out_of_range")
+
+
+@pytest.mark.parametrize("value", [True, 1, 2**100])
+def test_a_uuid_must_be_sent_as_a_string(cast, accounting, value):
+    """DRF's UUIDField takes integers: `true` named the UUID 00000000-…-0001."""
+    from accounts.models import Lab
+
+    labs = Lab.objects.count()
+    body = {"id": value, "name": "By number", "balance": "10"}
+    created = accounting.post("/api/accounting/account/virtual-lab", body, format="json")
+    assert created.status_code == 422
+    assert created.json()["details"][0]["loc"][-1] == "id"
+    assert Lab.objects.count() == labs
+    body = {"proj_id": value, "type": "oneshot", "subtype": "ml-llm", "count": 1}
+    assert (
+        accounting.post("/api/accounting/estimate/oneshot", body, format="json").status_code == 422
+    )
