@@ -7,12 +7,12 @@ from decimal import Decimal
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts import selectors as account_selectors
-from accounts.errors import LabNotFoundError
 from accounts.models import Lab
+from accounts.views import lab_visible
 from billing import selectors, services
 from billing.errors import BudgetError
 from billing.forms import BudgetForm
@@ -24,11 +24,7 @@ BUDGET_OPERATIONS = [
 ]
 
 
-def _visible_lab(request: HttpRequest, lab_id: str) -> Lab:
-    try:
-        return account_selectors.lab_get(actor=request.user, lab_uuid=lab_id)
-    except LabNotFoundError as exc:
-        raise Http404("Lab not found") from exc
+_visible_lab = lab_visible
 
 
 def _errors(form: BudgetForm) -> list[str]:

@@ -75,3 +75,10 @@ def decimal_rounded(value: Decimal, significant: int = 6) -> str:
     with localcontext() as context:
         context.prec = significant
         return "≈ " + decimal_plain(+value)
+
+
+def credits_display(amount: Decimal) -> str:
+    """Two decimals, or as many as the amount has (up to six): 1.50, 0.000123."""
+    if amount == amount.quantize(CENT):
+        return str(amount.quantize(CENT))
+    return f"{amount.normalize():f}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +25,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 
 from accounts.models import User
-from core.money import CENT
+from core.money import credits_display
 from core.once import Claim, once_claim, once_token
 from keys import selectors, services
 from keys.errors import KeyNotFoundError, KeySettingsError
@@ -41,13 +40,6 @@ USED_SINCE = {
     CreditPeriod.WEEKLY: "this week",
     CreditPeriod.MONTHLY: "this month",
 }
-
-
-def credits_display(amount: Decimal) -> str:
-    """Two decimals, or as many as the amount has (up to six): 1.50, 0.000123."""
-    if amount == amount.quantize(CENT):
-        return str(amount.quantize(CENT))
-    return f"{amount.normalize():f}"
 
 
 def duration_display(seconds: int) -> str:

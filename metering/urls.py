@@ -1,7 +1,8 @@
 from django.urls import path
 
-from metering import views
+from metering import usage_views, views
 
 urlpatterns = [
     path("prices/", views.price_list, name="price_list"),
+    path("app/labs/<uuid:lab_id>/usage/", usage_views.lab_usage_page, name="lab_usage"),
 ]

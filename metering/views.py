@@ -10,18 +10,7 @@ from django.utils import timezone
 
 from core.money import decimal_plain, decimal_rounded
 from metering import selectors
-
-
-def scale_label(scale: int) -> str:
-    """1000 → 1K, 2000000 → 2M, 3600 → 3,600."""
-    for size, suffix in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "K")):
-        if scale >= size and scale % size == 0:
-            return f"{scale // size:,}{suffix}"
-    return f"{scale:,}"
-
-
-def units_plural(unit: str) -> str:
-    return unit if unit.endswith("s") else f"{unit}s"
+from metering.units import scale_label, units_plural
 
 
 def per_units(multiplier: Decimal, scale: int, unit: str, display_unit: str = "") -> str:

@@ -1,0 +1,118 @@
+"""The lab's usage page: what its projects used and spent, from the rollups the worker builds
+out of real charges; members see it, outsiders get 404."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+
+from accounts.services import project_create
+from billing import services as billing
+from metering import charging, usage
+from metering.models import ServiceType
+from metering.reservations import reservation_create
+from metering.rollups import usage_rollup
+from metering.usage_summary import lab_usage, usage_window
+from tests.metering.test_reservations import priced_service
+from tests.metering.test_usage import SIM_TIERS, T0, at
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+def oneshot(project, service, count, *, name=""):
+    job = reservation_create(project=project, service=service, quantity=count, params={})
+    usage.oneshot_usage_record(
+        job_uuid=job.uuid, project=project, subtype=service.slug, count=count, at=T0, name=name
+    )
+    return job
+
+
+@pytest.fixture
+def used(cast):
+    """In Alice Lab's Alpha: two LLM calls (0.01 + 0.03) and a simulation that runs from T0 to
+    3,900 s on 2 instances (1.5 + 78 = 79.5); in Charlie's lab: one LLM call. Rolled up."""
+    with time_machine.travel(T0, tick=False) as clock:
+        llm = priced_service()
+        sim = priced_service("single-cell-sim", ServiceType.LONGRUN, SIM_TIERS)
+        llm.unit_label = "token"
+        llm.save()
+        billing.budget_grant(project=cast.alpha, amount="1000")
+        oneshot(cast.alpha, llm, 1000, name="first call")
+        oneshot(cast.alpha, llm, 3000, name="second call")
+        run = reservation_create(project=cast.alpha, service=sim, quantity=0, params={})
+        usage.longrun_event_record(
+            job_uuid=run.uuid, project=cast.alpha, subtype="single-cell-sim", status="started",
+            at=T0, instances=2,
+        )  # fmt: skip
+        charging.longrun_charge(job=run, now=at(1800))
+        clock.move_to(at(3900))
+        usage.longrun_event_record(
+            job_uuid=run.uuid, project=cast.alpha, subtype="single-cell-sim", status="finished",
+            at=at(3900),
+        )  # fmt: skip
+        charlies = project_create(lab=cast.charlie_lab, name="Charlie's project")
+        billing.budget_grant(project=charlies, amount="10")
+        oneshot(charlies, llm, 7000, name="charlie's call")
+        assert usage_rollup() > 0
+    return llm, sim
+
+
+def test_a_labs_usage_sums_its_charges_and_jobs_by_service_and_project(cast, used):
+    llm, sim = used
+    now = at(7200)
+    summary = lab_usage(lab=cast.lab, window=usage_window("24h", now))
+    assert (summary.credits, summary.jobs) == (D("79.54"), 3)
+    assert [(row.service, row.credits, row.units, row.jobs) for row in summary.by_service] == [
+        (sim, D("79.5"), 7800, 1),
+        (llm, D("0.04"), 4000, 2),
+    ]
+    assert [row.units_text for row in summary.by_service] == ["7,800 units", "4,000 tokens"]
+    alpha = next(row for row in summary.by_project if row.project == cast.alpha)
+    assert alpha.credits == D("79.54")
+    assert [row.service for row in alpha.services] == [sim, llm]
+    # 24 hourly bars; T0's hour has 0.04 + 37.5 (the first charge), the next 42: the highest.
+    assert len(summary.bars) == 24
+    heights = {bar.start: (bar.credits, bar.percent) for bar in summary.bars if bar.credits}
+    assert heights == {T0: (D("37.54"), 89), T0 + timedelta(hours=1): (D("42"), 100)}
+    assert [(row.job.name, row.charged) for row in summary.recent_jobs] == [
+        ("", "79.50"),  # closed last
+        ("first call", "0.01"),
+        ("second call", "0.03"),
+    ]
+
+    daily = lab_usage(lab=cast.lab, window=usage_window("30d", now))
+    assert daily.credits == D("79.54") and len(daily.bars) == 30
+    assert [bar.percent for bar in daily.bars if bar.credits] == [100]
+    month = lab_usage(lab=cast.lab, window=usage_window("month", now))
+    assert month.window.start == T0.replace(day=1, hour=0) and month.credits == D("79.54")
+    later = lab_usage(lab=cast.lab, window=usage_window("24h", at(3 * 86400)))
+    assert later.credits == 0 and later.by_service == []
+
+
+def test_members_see_the_page_and_outsiders_get_404(client, cast, used):
+    url = f"/app/labs/{cast.lab.uuid}/usage/"
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.bob)  # a member, not an admin
+        page = client.get(url + "?window=24h").content.decode()
+        assert 'data-testid="usage-credits">79.54<' in page
+        assert "4,000 tokens" in page and "7,800 units" in page
+        assert 'aria-current="page" class="contrast" data-window="24h"' in page
+        assert "second call" in page and "charlie&#x27;s call" not in page
+        assert client.get(url + "?window=nonsense").status_code == 200  # the default window
+        client.force_login(cast.charlie)
+        assert client.get(url).status_code == 404
+        own = client.get(f"/app/labs/{cast.charlie_lab.uuid}/usage/").content.decode()
+        assert 'data-testid="usage-credits">0.07<' in own and "second call" not in own
+    client.logout()
+    assert client.get(url)["Location"].startswith("/accounts/login/")
+
+
+def test_the_lab_and_dashboard_pages_link_to_it(client, cast):
+    client.force_login(cast.alice)
+    url = f"/app/labs/{cast.lab.uuid}/usage/"
+    assert f'href="{url}"' in client.get(f"/app/labs/{cast.lab.uuid}/").content.decode()
+    assert f'href="{url}"' in client.get("/app/").content.decode()
