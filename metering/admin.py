@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html_join
@@ -18,7 +18,15 @@ from core.money import decimal_plain
 from metering import selectors
 from metering.cost import Tier, TierError, tiers_validate
 from metering.errors import MissingPriceError
-from metering.models import Discount, Job, Price, PriceTier, Service
+from metering.models import (
+    Discount,
+    Job,
+    Price,
+    PriceTier,
+    RollupPeriod,
+    Service,
+    UsageRollup,
+)
 
 
 @admin.register(Service)
@@ -149,3 +157,34 @@ class JobAdmin(ReadOnlyAdmin):
     @admin.display(description="Reservation left")
     def held(self, job: Job) -> Decimal:
         return billing_selectors.job_held(job_uuid=job.uuid)
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    """Revenue and usage for operators: the worker's hourly and daily rollups, filtered by
+    period, date, service or lab, with the totals of what is filtered above the list."""
+
+    list_display = [
+        "period_start", "period", "lab", "project", "service", "amount", "units", "jobs_closed",
+        "charges",
+    ]  # fmt: skip
+    list_filter = ["period", "service"]
+    date_hierarchy = "period_start"
+    search_fields = ["lab__name", "lab__uuid", "project__name", "project__uuid"]
+    list_select_related = ["lab", "project", "service"]
+    change_list_template = "admin/metering/usagerollup/change_list.html"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:  # not a redirect (a bad filter)
+            # Hours and days overlap: sum one of them (days, unless hours are asked for).
+            hourly = request.GET.get("period__exact") == RollupPeriod.HOUR
+            rows = changelist.queryset.filter(
+                period=RollupPeriod.HOUR if hourly else RollupPeriod.DAY
+            )
+            response.context_data["totals"] = rows.aggregate(
+                credits=Sum("amount"), units=Sum("units"), jobs=Sum("jobs_closed"),
+                labs=Count("lab", distinct=True),
+            )  # fmt: skip
+        return response

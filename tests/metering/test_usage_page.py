@@ -116,3 +116,22 @@ def test_the_lab_and_dashboard_pages_link_to_it(client, cast):
     url = f"/app/labs/{cast.lab.uuid}/usage/"
     assert f'href="{url}"' in client.get(f"/app/labs/{cast.lab.uuid}/").content.decode()
     assert f'href="{url}"' in client.get("/app/").content.decode()
+
+
+def test_operators_see_revenue_and_usage_in_the_admin(client, cast, used):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    page = client.get("/admin/metering/usagerollup/").content.decode()
+    totals = page.split('data-testid="rollup-totals">')[1].split("</p>")[0]
+    # Daily rows: Alice Lab's 79.54 and Charlie's 0.07; not doubled by the hourly rows.
+    assert "79.61 credits charged" in totals and "4 jobs finished" in totals
+    assert "2 labs" in totals
+    hourly = client.get("/admin/metering/usagerollup/?period__exact=hour").content.decode()
+    assert "79.61 credits charged" in hourly.split('data-testid="rollup-totals">')[1]
+    alice = client.get(f"/admin/metering/usagerollup/?q={cast.lab.uuid}").content.decode()
+    assert "79.54 credits charged" in alice.split('data-testid="rollup-totals">')[1]
+    assert "1 lab." in alice
+    client.force_login(cast.alice)  # not staff
+    assert client.get("/admin/metering/usagerollup/").status_code == 302
