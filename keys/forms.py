@@ -6,12 +6,15 @@ field is named like the error's place in KeySettingsError.details (`limits.<scop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 
 from accounts import selectors as account_selectors
 from accounts.models import Project, User
+from billing import selectors as billing_selectors
+from core.money import credits_display
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, CreditPeriod
 from keys.services import LIMIT_FIELDS, LIMIT_MAX, KeySettings, key_settings_validate
@@ -27,8 +30,14 @@ def limit_field_name(scope: str, name: str) -> str:
 
 
 class ProjectChoiceField(forms.ModelChoiceField):
+    """Lab / project, with what the project can spend: a key spends its project's budget,
+    not the lab's balance."""
+
+    spendable: dict[int, Decimal]
+
     def label_from_instance(self, obj: Project) -> str:
-        return f"{obj.lab.name} / {obj.name}"
+        credits = self.spendable.get(obj.pk, Decimal(0))
+        return f"{obj.lab.name} / {obj.name} ({credits_display(max(credits, Decimal(0)))} credits)"
 
 
 @dataclass
@@ -89,9 +98,15 @@ class KeyCreateForm(forms.Form):
 
     def __init__(self, *args: Any, user: User, authorizable: dict[str, Service], **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = account_selectors.project_list(actor=user).order_by(
-            "lab__name", "name", "id"
-        )
+        projects = account_selectors.project_list(actor=user).order_by("lab__name", "name", "id")
+        field = self.fields["project"]
+        field.queryset = projects
+        field.spendable = {
+            row.project.pk: row.spendable for row in billing_selectors.project_balances(projects)
+        }
+        own = projects.filter(lab__personal_for=user).first()  # not another lab's, first
+        if own is not None and not self.is_bound:
+            self.initial.setdefault("project", own.uuid)
         self.authorizable = authorizable
         self.fields["services"].choices = [(slug, slug) for slug in authorizable]
         for scope, service in [(ALL_SERVICES, None), *authorizable.items()]:

@@ -30,7 +30,7 @@ def test_a_member_creates_copies_finds_and_revokes_a_key(page, live_server, cast
 
     page.get_by_role("button", name="New key").click()
     page.fill("input[name=name]", "Browser gateway")
-    page.select_option("select[name=project]", label="Alice Lab / Beta")
+    page.select_option("select[name=project]", label="Alice Lab / Beta (0.00 credits)")
     page.get_by_label("Only the services checked below").check()
     page.get_by_label("Allow ml-llm").check()
     assert page.get_by_text("default and max 100").is_visible()

@@ -441,3 +441,18 @@ def test_a_rotation_without_its_own_token_rotates_nothing(client, cast, make_key
     key.refresh_from_db()
     assert key.rotated_at is None
     assert authorize(gateway, old).status_code == 200
+
+
+def test_the_project_picker_says_what_each_project_can_spend_and_starts_on_your_own(
+    client, cast, llm
+):
+    from accounts.models import Project
+    from billing import services as billing
+
+    billing.budget_grant(project=cast.beta, amount="12.5")
+    client.force_login(cast.bob)  # a member of Alice Lab, with a personal lab of his own
+    page = client.get(NEW).content.decode()
+    assert "Alice Lab / Beta (12.50 credits)" in page
+    assert "Alice Lab / Alpha (100.00 credits)" in page  # the llm fixture funds it
+    own = Project.objects.get(lab__personal_for=cast.bob)
+    assert re.search(rf'<option value="{own.uuid}"[^>]*selected', page)
