@@ -19,6 +19,11 @@ class BudgetError(InvalidRequestError):
     """A budget operation that breaks a rule: 400 INVALID_REQUEST, as the accounting-service."""
 
 
+class BudgetShortfallError(BudgetError):
+    """The debited account cannot cover the move: the reference's message on the API, a plainer
+    one on the lab page."""
+
+
 class InsufficientFundsError(ApiError):
     """A hold (reservation) the project cannot cover: 402, with the amount asked for."""
 

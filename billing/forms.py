@@ -50,6 +50,8 @@ class BudgetForm(forms.Form):
         data = super().clean()
         if data.get("operation") == "move" and not data.get("to_project"):
             self.add_error("to_project", "Choose the project that receives the credits.")
+        elif data.get("operation") == "move" and data.get("to_project") == data.get("project"):
+            self.add_error("to_project", "Choose another project than the one the credits leave.")
         return data
 
 

@@ -14,7 +14,7 @@ from accounts import selectors as account_selectors
 from accounts.models import Lab
 from accounts.views import lab_visible
 from billing import selectors, services
-from billing.errors import BudgetError
+from billing.errors import BudgetError, BudgetShortfallError
 from billing.forms import BudgetForm
 
 BUDGET_OPERATIONS = [
@@ -97,6 +97,12 @@ def lab_budget(request: HttpRequest, lab_id: str) -> HttpResponse:
                     actor=request.user,
                 )
                 done = f"Moved {data['amount']} credits from {project.name} to {target.name}."
+    except BudgetShortfallError:
+        source = "The lab's balance" if data["operation"] == "assign" else project.name
+        form.add_error(
+            None, f"{source} has less than {data['amount']} credits that can be spent now."
+        )
+        return _render_lab(request, lab, form)
     except BudgetError as exc:
         form.add_error(None, exc.message)
         return _render_lab(request, lab, form)

@@ -67,13 +67,14 @@ def test_owner_assigns_reverses_and_moves(client, funded):
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        ({"operation": "assign", "amount": "70.01"}, "Insufficient funds in the virtual-lab account"),
-        ({"operation": "reverse", "amount": "30.01"}, "Insufficient funds in the project account"),
+        ({"operation": "assign", "amount": "70.01"}, "The lab&#x27;s balance has less than 70.01 credits that can be spent now."),
+        ({"operation": "reverse", "amount": "30.01"}, "Alpha has less than 30.01 credits that can be spent now."),
+        ({"operation": "move", "amount": "30.01", "to_project": "beta"}, "Alpha has less than 30.01 credits that can be spent now."),
         ({"operation": "assign", "amount": "0"}, "Amount must be greater than 0"),
         ({"operation": "assign", "amount": "-3"}, "Amount must be greater than 0"),
         ({"operation": "assign", "amount": "ten"}, "Amount must be a number"),
         ({"operation": "assign", "amount": "1.0000001"}, "at most 6 decimal places"),
-        ({"operation": "move", "amount": "1", "to_project": "alpha"}, "The debited and credited accounts must be different"),
+        ({"operation": "move", "amount": "1", "to_project": "alpha"}, "Choose another project than the one the credits leave."),
         ({"operation": "move", "amount": "1"}, "Choose the project that receives the credits."),
         ({"operation": "steal", "amount": "1"}, "Select a valid choice"),
     ],
@@ -81,8 +82,8 @@ def test_owner_assigns_reverses_and_moves(client, funded):
 def test_bad_input_is_a_form_error_and_writes_nothing(client, funded, data, error):
     client.force_login(funded.alice)
     data = {"project": str(funded.alpha.uuid), **data}
-    if data.get("to_project") == "alpha":
-        data["to_project"] = str(funded.alpha.uuid)
+    if data.get("to_project") in ("alpha", "beta"):
+        data["to_project"] = str(getattr(funded, data["to_project"]).uuid)
     before = JournalEntry.objects.count()
     response = budget_post(client, funded, **data)
     assert response.status_code == 400

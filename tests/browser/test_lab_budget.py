@@ -31,7 +31,10 @@ def test_owner_assigns_budget_and_sees_a_shortfall_as_a_form_error(page, live_se
     assign = page.locator("form[data-operation=assign]")
     assign.locator("input[name=amount]").fill("1000")
     assign.get_by_role("button", name="Assign").click()
-    assert page.get_by_role("alert").inner_text() == "Insufficient funds in the virtual-lab account"
+    assert (
+        page.get_by_role("alert").inner_text()
+        == "The lab's balance has less than 1000 credits that can be spent now."
+    )
     assert page.get_by_test_id("lab-balance").inner_text() == "37.50"
 
 
