@@ -121,6 +121,7 @@ class KeyCreateForm(forms.Form):
                     required=False,
                     min_value=1,
                     max_value=LIMIT_MAX[name],
+                    error_messages={"max_value": f"At most {LIMIT_MAX[name]:,}."},
                     widget=forms.NumberInput(attrs=attrs),
                 )
 

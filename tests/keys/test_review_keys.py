@@ -74,6 +74,7 @@ def test_the_keys_page_refuses_a_key_wide_limit_the_database_cannot_hold(client,
         },
     )
     assert response.status_code == 400, response.status_code
+    assert "Key-wide requests per minute: At most 2,147,483,647." in response.content.decode()
 
 
 # Contract: headers ------------------------------------------------------------------------------
