@@ -107,28 +107,33 @@ def charge_accounts_lock(project_ids: Sequence[int]) -> dict[tuple[str, int | No
     return {(kind, project_id): pk for pk, kind, project_id in rows}
 
 
-# What jobs still hold, by grant. LATERAL: each job's few entries (entry_job index), then their
-# lines by entry (entry_id index); a plain join let the planner scan every reservation line.
-_HELD = """
-SELECT e.job_uuid, l.grant_id, SUM(l.amount)
-  FROM billing_journalentry e
-  JOIN LATERAL (
-      SELECT grant_id, amount FROM billing_journalline
-       WHERE entry_id = e.id AND account_id = ANY(%(accounts)b::bigint[])
-  ) l ON true
- WHERE e.job_uuid = ANY(%(jobs)b::uuid[])
- GROUP BY e.job_uuid, l.grant_id
-HAVING SUM(l.amount) > 0
+_GRANT = Columns(Grant, "g")
+
+# What jobs still hold, by grant, with the grants (one statement). LATERAL: each job's few
+# entries (entry_job index), then their lines by entry (entry_id index); a plain join let the
+# planner scan every reservation line.
+_HELD = f"""
+SELECT h.job_uuid, h.amount, {_GRANT.sql}
+  FROM (
+      SELECT e.job_uuid, l.grant_id, SUM(l.amount) AS amount
+        FROM billing_journalentry e
+        JOIN LATERAL (
+            SELECT grant_id, amount FROM billing_journalline
+             WHERE entry_id = e.id AND account_id = ANY(%(accounts)b::bigint[])
+        ) l ON true
+       WHERE e.job_uuid = ANY(%(jobs)b::uuid[])
+       GROUP BY e.job_uuid, l.grant_id
+      HAVING SUM(l.amount) > 0
+  ) h
+  JOIN billing_grant g ON g.id = h.grant_id
 """
 
 
 def _held_by_job(reservation_ids: list[int], job_uuids: list[uuid_lib.UUID]) -> dict:
     """What each job still holds, grant by grant, in burn order: {job uuid: lots}."""
-    rows = execute_prepared(_HELD, {"accounts": reservation_ids, "jobs": job_uuids})
-    grants = _grants_by_id(sorted({grant_id for _, grant_id, _ in rows}))
     held: dict[uuid_lib.UUID, Lots] = defaultdict(list)
-    for job, grant_id, amount in rows:
-        held[job].append((grants[grant_id], amount))
+    for row in execute_prepared(_HELD, {"accounts": reservation_ids, "jobs": job_uuids}):
+        held[row[0]].append((_GRANT.load(row, 2), row[1]))
     for lots in held.values():
         lots.sort(key=lambda lot: _burn_key(lot[0]))
     return held
@@ -145,8 +150,6 @@ def _burn_key(grant: Grant) -> tuple:
     )
 
 
-_GRANT = Columns(Grant, "g")
-_GRANTS = f"SELECT {_GRANT.sql} FROM billing_grant g WHERE g.id = ANY(%(ids)s::bigint[])"
 # Each budget's positive remainders of grants in effect, in burn order (nulls last).
 _BUDGETS = f"""
 SELECT b.account_id, b.balance, {_GRANT.sql}
@@ -154,11 +157,6 @@ SELECT b.account_id, b.balance, {_GRANT.sql}
  WHERE b.account_id = ANY(%(accounts)s::bigint[]) AND b.balance > 0 AND g.effective_at <= %(at)s
  ORDER BY {", ".join(f"g.{field}" for field in BURN_ORDER)}
 """
-
-
-def _grants_by_id(ids: list[int]) -> dict[int, Grant]:
-    grants = [_GRANT.load(row) for row in execute_prepared(_GRANTS, {"ids": ids})] if ids else []
-    return {grant.pk: grant for grant in grants}
 
 
 def _budgets(budget_ids: list[int], at: datetime) -> dict[int, Lots]:

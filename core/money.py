@@ -70,7 +70,10 @@ def decimal_plain(value: Decimal) -> str:
 def decimal_rounded(value: Decimal, significant: int = 6) -> str:
     """decimal_plain to at most `significant` significant digits, with "≈ " when that rounded
     it: for prices in prose, not for amounts charged."""
-    if len(value.normalize().as_tuple().digits) <= significant:
+    with localcontext() as context:
+        context.prec = 200
+        digits = len(value.normalize().as_tuple().digits)
+    if digits <= significant:
         return decimal_plain(value)
     with localcontext() as context:
         context.prec = significant
@@ -79,6 +82,8 @@ def decimal_rounded(value: Decimal, significant: int = 6) -> str:
 
 def credits_display(amount: Decimal) -> str:
     """Two decimals, or as many as the amount has (up to six): 1.50, 0.000123."""
-    if amount == amount.quantize(CENT):
-        return str(amount.quantize(CENT))
-    return f"{amount.normalize():f}"
+    with localcontext() as context:
+        context.prec = _digits_for(amount)
+        if amount == amount.quantize(CENT):
+            return str(amount.quantize(CENT))
+    return decimal_plain(amount)

@@ -6,13 +6,18 @@ POST can say which key that was. Nothing secret is stored."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 
 from django.core import signing
 from django.core.cache import cache
 from django.http import HttpRequest
+from redis import RedisError
+
+logger = logging.getLogger(__name__)
 
 FIELD = "once"
 MAX_AGE_SECONDS = 24 * 3600
@@ -30,15 +35,20 @@ class Claim:
     claimed: bool = False
     spent: bool = False
     made: str | None = None
+    unavailable: bool = False  # the cache did not answer: do nothing, ask to send it again
 
     def done(self, made: str) -> None:
+        """Remember what the POST made, for a second one to name (best effort: the claim
+        already stops a second POST)."""
         if self.cache_key is not None:
-            cache.set(self.cache_key, made, MAX_AGE_SECONDS)
+            with contextlib.suppress(RedisError):
+                cache.set(self.cache_key, made, MAX_AGE_SECONDS)
 
     def release(self) -> None:
         """The POST made nothing (a form error): the same form may be sent again."""
         if self.cache_key is not None:
-            cache.delete(self.cache_key)
+            with contextlib.suppress(RedisError):
+                cache.delete(self.cache_key)
 
 
 def once_token(request: HttpRequest, purpose: str) -> str:
@@ -57,7 +67,11 @@ def once_claim(request: HttpRequest, purpose: str) -> Claim:
     if signed_for != (request.user.pk, purpose):
         return Claim(cache_key=None)
     cache_key = "once:" + hashlib.sha256(token.encode()).hexdigest()
-    if cache.add(cache_key, _CLAIMED, MAX_AGE_SECONDS):
-        return Claim(cache_key=cache_key, claimed=True)
-    made = cache.get(cache_key)
+    try:
+        if cache.add(cache_key, _CLAIMED, MAX_AGE_SECONDS):
+            return Claim(cache_key=cache_key, claimed=True)
+        made = cache.get(cache_key)
+    except RedisError:
+        logger.exception("one-use form token: the cache did not answer")
+        return Claim(cache_key=None, unavailable=True)
     return Claim(cache_key=None, spent=True, made=None if made in (None, _CLAIMED) else made)

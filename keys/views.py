@@ -135,6 +135,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
 
 ONCE_NEW = "key_new"
 STALE_FORM = "This form has expired or was already sent: check your keys, then send it again."
+UNAVAILABLE = "Nothing was done: the portal could not check this form just now. Send it again."
 
 
 def _render_form(request: HttpRequest, form: KeyCreateForm, status: int = 200) -> HttpResponse:
@@ -188,8 +189,8 @@ def key_new(request: HttpRequest) -> HttpResponse:
     form = KeyCreateForm(request.POST, user=request.user, authorizable=authorizable)
     if not claim.claimed:
         form.is_valid()
-        form.add_error(None, STALE_FORM)
-        return _render_form(request, form, status=400)
+        form.add_error(None, UNAVAILABLE if claim.unavailable else STALE_FORM)
+        return _render_form(request, form, status=503 if claim.unavailable else 400)
     try:
         if not form.is_valid():
             claim.release()
@@ -274,7 +275,8 @@ def key_rotate(request: HttpRequest, key_id: Any) -> HttpResponse:
     if claim is None:
         return _confirm(request, key, "rotate")
     if not claim.claimed:
-        messages.error(request, "That confirmation has expired: confirm the rotation again.")
+        expired = "That confirmation has expired: confirm the rotation again."
+        messages.error(request, UNAVAILABLE if claim.unavailable else expired)
         return redirect("key_rotate", key_id=key.uuid)
     try:
         key, full_key = services.key_rotate(key=key)

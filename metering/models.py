@@ -29,7 +29,9 @@ class Service(TimeStampedModel):
     name = models.CharField(max_length=200)
     unit_label = models.CharField(max_length=32, help_text="e.g. token, second, byte-second")
     display_scale = models.PositiveBigIntegerField(
-        default=1, help_text="Show prices per this many units, e.g. 1000 for 'per 1K tokens'."
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Show prices per this many units, e.g. 1000 for 'per 1K tokens'.",
     )
     display_unit = models.CharField(
         max_length=32,

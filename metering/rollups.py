@@ -8,15 +8,18 @@ and a run killed midway leaves the previous ones.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
+from redis import RedisError
 
 from billing import selectors as billing_selectors
 from metering.models import (
@@ -32,6 +35,10 @@ from metering.models import (
 logger = logging.getLogger(__name__)
 
 LOOKBACK_HOURS = 2  # charges are written as they happen; late ones land within a run or two
+# Where the last run stopped (in the cache): after a worker outage the next run starts there,
+# up to MAX_CATCH_UP back, so the hours it missed are built too.
+BUILT_UNTIL = "metering:usage_rollup:built_until"
+MAX_CATCH_UP = timedelta(days=35)
 
 
 @dataclass
@@ -106,13 +113,35 @@ def _hourly(start: datetime, end: datetime) -> dict[tuple[datetime, int, int | N
     return sums
 
 
+def _start(now: datetime) -> datetime:
+    """LOOKBACK_HOURS back; further, to where the last run stopped, if it stopped earlier."""
+    start = _floor_hour(now) - timedelta(hours=LOOKBACK_HOURS)
+    try:
+        built_until = cache.get(BUILT_UNTIL)
+    except RedisError:  # the lookback alone, as before the watermark
+        logger.warning("usage_rollup: the cache did not answer; building the lookback only")
+        return start
+    if built_until is None or built_until >= start:
+        return start
+    earliest = _floor_hour(now - MAX_CATCH_UP)
+    return max(_floor_hour(built_until) - timedelta(hours=LOOKBACK_HOURS), earliest)
+
+
+def _built(until: datetime) -> None:
+    with contextlib.suppress(RedisError):
+        if (cache.get(BUILT_UNTIL) or until) <= until:
+            cache.set(BUILT_UNTIL, until, timeout=None)
+
+
 @transaction.atomic
 def usage_rollup(*, now: datetime | None = None) -> int:
-    """Rebuild the hourly rollups of the last LOOKBACK_HOURS hours and the daily rollups of
-    the days they touch. Returns how many rows were written."""
+    """Rebuild the hourly rollups of the last LOOKBACK_HOURS hours (from where the last run
+    stopped, after an outage) and the daily rollups of the days they touch. Returns how many
+    rows were written."""
     now = now or timezone.now()
-    start = _floor_hour(now) - timedelta(hours=LOOKBACK_HOURS)
+    start = _start(now)
     end = _floor_hour(now) + timedelta(hours=1)
+    transaction.on_commit(lambda: _built(end))
     hourly = _hourly(start, end)
     UsageRollup.objects.filter(
         period=RollupPeriod.HOUR, period_start__gte=start, period_start__lt=end

@@ -63,18 +63,6 @@ _PRICING = "SELECT price.id, {tiers}, {discount} FROM (SELECT {price} AS id) pri
 )
 
 
-_RATES = "SELECT {tiers}, {discount}".format(
-    tiers=TIERS_SQL.format(price="%(price)s"),
-    discount=DISCOUNT_SQL.format(lab="%(lab)s", at="%(at)s"),
-)
-
-
-def price_rates(*, price_id: int, lab_id: int, at: datetime) -> tuple[list[Tier], Decimal]:
-    """price_tiers of a price and discount_rate of a lab, in one prepared statement."""
-    [(tiers, discount)] = execute_prepared(_RATES, {"price": price_id, "lab": lab_id, "at": at})
-    return tiers_of(tiers), discount if discount is not None else ZERO
-
-
 def tiers_of(rows: list[list[Any]] | None) -> list[Tier]:
     """Tiers from TIERS_SQL's JSON."""
     return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid as uuid_lib
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import QuerySet
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 from accounts.models import Lab, Project, ServiceToken
 from core.db import Columns, execute_prepared
 from metering import charging, selectors
+from metering.cost import Tier
 from metering.errors import (
     JobAlreadyFinishedError,
     JobCancelledError,
@@ -49,9 +51,10 @@ def _jobs_locked() -> QuerySet[Job]:
 
 _JOB, _PROJECT, _LAB = Columns(Job, "j"), Columns(Project, "p"), Columns(Lab, "l")
 _SERVICE, _PRICE = Columns(Service, "s"), Columns(Price, "pr")
+_EVENT_JOB_COLUMNS = f"{_JOB.sql}, {_PROJECT.sql}, {_LAB.sql}, {_SERVICE.sql}, {_PRICE.sql}"
 # _jobs_locked() as one prepared statement: every usage event reads it.
 _EVENT_JOB = f"""
-SELECT {_JOB.sql}, {_PROJECT.sql}, {_LAB.sql}, {_SERVICE.sql}, {_PRICE.sql}
+SELECT {_EVENT_JOB_COLUMNS}
   FROM metering_job j
   JOIN accounts_project p ON p.id = j.project_id
   JOIN accounts_lab l ON l.id = p.lab_id
@@ -62,6 +65,15 @@ SELECT {_JOB.sql}, {_PROJECT.sql}, {_LAB.sql}, {_SERVICE.sql}, {_PRICE.sql}
 """  # noqa: S608
 
 
+# And, for a oneshot usage, the tiers of the job's price and the lab's discount at %(at)s.
+_ONESHOT_JOB = _EVENT_JOB.replace(
+    _EVENT_JOB_COLUMNS,
+    f"{_EVENT_JOB_COLUMNS}, {selectors.TIERS_SQL.format(price='j.price_id')},"
+    f" {selectors.DISCOUNT_SQL.format(lab='p.lab_id', at='%(at)s')}",
+    1,
+)
+
+
 def _event_job_locked(job_uuid: uuid_lib.UUID, actor: Actor) -> Job:
     """The job an event names, locked, among those the caller may see (a lab-bound token: its
     lab's; a global token or no actor: all)."""
@@ -70,6 +82,19 @@ def _event_job_locked(job_uuid: uuid_lib.UUID, actor: Actor) -> Job:
     if not rows:
         raise JobNotFoundError()
     return _job_loaded(rows[0])
+
+
+def _oneshot_job_locked(
+    job_uuid: uuid_lib.UUID, actor: Actor, at: datetime
+) -> tuple[Job, list[Tier], Decimal]:
+    """_event_job_locked, with its price's tiers and its lab's discount at `at`: one round
+    trip for what a oneshot usage reads."""
+    params = {"uuid": job_uuid, "lab": actor.lab_id if actor is not None else None, "at": at}
+    rows = execute_prepared(_ONESHOT_JOB, params)
+    if not rows:
+        raise JobNotFoundError()
+    *job_row, tiers, discount = rows[0]
+    return _job_loaded(tuple(job_row)), selectors.tiers_of(tiers), discount or Decimal(0)
 
 
 def _job_loaded(row: tuple) -> Job:
@@ -115,7 +140,8 @@ def oneshot_usage_record(
     """Settle a oneshot job: charge its cost (the hold first, the project for any excess) and
     release the rest. The same usage again is a no-op; different usage for a closed job is 409."""
     with transaction.atomic():
-        job = _event_job_locked(job_uuid, actor)
+        now = timezone.now()
+        job, tiers, discount = _oneshot_job_locked(job_uuid, actor, now)
         _usage_checked(job, project=project, kind=ServiceType.ONESHOT, subtype=subtype)
         if job.cancelled_at is not None:
             raise JobCancelledError()
@@ -123,14 +149,8 @@ def oneshot_usage_record(
             if job.usage_params.get("count") == count:
                 return job
             raise JobAlreadyFinishedError()
-        now = timezone.now()
         if job.price_id is None:  # every reservation has one; never charge nothing instead
             raise MissingPriceError(f"Missing price for job {job.uuid}")
-        tiers, discount = selectors.price_rates(
-            price_id=job.price_id,
-            lab_id=job.project.lab_id,
-            at=now,
-        )
         amount = charging.cost_of(tiers, count, discount)
         charging.job_charge(job, amount, release_rest=True, reason="oneshot_usage", actor=actor)
         job.started_at = job.finished_at = job.last_alive_at = job.last_charged_at = at

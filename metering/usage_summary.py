@@ -57,7 +57,7 @@ class ServiceUsage:
         service = self.service
         if service is None or not self.units:
             return "—"
-        if service.display_unit:
+        if service.display_unit and service.display_scale > 0:
             amount = decimal_rounded(self.units / service.display_scale, 4)
             return f"{amount} {service.display_unit}"
         unit = service.unit_label if self.units == 1 else units_plural(service.unit_label)
@@ -156,7 +156,7 @@ def _bars(window: Window, per_period: dict[datetime, Decimal]) -> list[Bar]:
         Bar(
             start,
             per_period.get(start, ZERO),
-            int(per_period.get(start, ZERO) * 100 / highest) if highest > 0 else 0,
+            max(0, int(per_period.get(start, ZERO) * 100 / highest)) if highest > 0 else 0,
         )
         for start in starts
     ]

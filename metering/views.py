@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -16,7 +16,9 @@ from metering.units import scale_label, units_plural
 def per_units(multiplier: Decimal, scale: int, unit: str, display_unit: str = "") -> str:
     """0.00001 per token at scale 1000 → '0.01 credits per 1K tokens'; at scale 1 → 'per
     token'; with a display unit → 'per GiB-month'."""
-    amount = decimal_rounded(multiplier * scale)
+    with localcontext() as context:
+        context.prec = 200  # a multiplier has up to 40 places: the product must stay exact
+        amount = decimal_rounded(multiplier * scale)
     per = display_unit or (unit if scale == 1 else f"{scale_label(scale)} {units_plural(unit)}")
     return f"{amount} credits per {per}"
 

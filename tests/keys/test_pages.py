@@ -456,3 +456,24 @@ def test_the_project_picker_says_what_each_project_can_spend_and_starts_on_your_
     assert "Alice Lab / Alpha (100.00 credits)" in page  # the llm fixture funds it
     own = Project.objects.get(lab__personal_for=cast.bob)
     assert re.search(rf'<option value="{own.uuid}"[^>]*selected', page)
+
+
+def test_with_the_cache_down_a_key_form_does_nothing_and_says_so(client, cast, make_key, settings):
+    key, _old = make_key(name="Kept")
+    client.force_login(cast.alice)
+    new_once, rotate_once = once_of(client, NEW), once_of(client, rotate_url(key))
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        }
+    }
+    data = {"once": new_once, "name": "Not now", "project": str(cast.alpha.uuid)}
+    response = client.post(NEW, {**data, "service_access": "all"})
+    assert response.status_code == 503
+    assert "Nothing was done" in response.content.decode()
+    assert not ApiKey.objects.filter(name="Not now").exists()
+    response = client.post(rotate_url(key), {"once": rotate_once})
+    assert response.status_code == 302 and response["Location"] == rotate_url(key)
+    key.refresh_from_db()
+    assert key.rotated_at is None

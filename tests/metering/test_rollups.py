@@ -75,3 +75,28 @@ def test_rollups_sum_charges_jobs_and_events_by_hour_and_day(cast):
         (T0.replace(hour=0), alpha, "ml-llm"): (D("0.045"), 3, 2, 4500),
         (T0.replace(hour=0), alpha, "single-cell-sim"): (D("79.5"), 2, 1, 7800),
     }
+
+
+@pytest.mark.django_db
+def test_after_a_worker_outage_the_next_run_builds_the_hours_it_missed(
+    cast, django_capture_on_commit_callbacks
+):
+    def call(count):
+        job = reservation_create(project=cast.alpha, service=llm, quantity=count, params={})
+        usage.oneshot_usage_record(
+            job_uuid=job.uuid, project=cast.alpha, subtype="ml-llm", count=count, at=T0
+        )
+
+    with time_machine.travel(T0, tick=False) as clock:
+        llm = priced_service()
+        billing.budget_grant(project=cast.alpha, amount="1000")
+        call(1000)
+        with django_capture_on_commit_callbacks(execute=True):  # where it stopped, once committed
+            usage_rollup()
+        clock.move_to(at(5400))  # the worker is down from here: 1.5 h later, a call
+        call(2000)
+        clock.move_to(at(6 * 3600))  # 6 h later it runs again, far past its 2-h lookback
+        usage_rollup()
+    hourly = rollups(RollupPeriod.HOUR)
+    assert hourly[(T0 + timedelta(hours=1), cast.alpha.pk, "ml-llm")] == (D("0.02"), 1, 1, 2000)
+    assert rollups(RollupPeriod.DAY)[(T0.replace(hour=0), cast.alpha.pk, "ml-llm")][0] == D("0.03")
