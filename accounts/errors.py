@@ -11,3 +11,7 @@ class ProjectNotFoundError(NotFoundError):
 
 class InvalidScopeError(InvalidRequestError):
     default_message = "Unknown scope"
+
+
+class MembershipError(InvalidRequestError):
+    """A membership change the lab's rules refuse (the last owner, an admin touching an owner)."""

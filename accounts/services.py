@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.errors import InvalidScopeError
+from accounts.errors import InvalidScopeError, MembershipError
 from accounts.models import Lab, Membership, Project, Role, Scope, ServiceToken, User
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 
@@ -36,6 +36,49 @@ def project_create(*, lab: Lab, name: str, project_uuid: uuid_lib.UUID | None = 
 def membership_add(*, lab: Lab, user: User, role: str = Role.MEMBER) -> Membership:
     membership, _ = Membership.objects.update_or_create(lab=lab, user=user, defaults={"role": role})
     return membership
+
+
+def _membership_locked(lab: Lab, user: User) -> Membership:
+    """The membership, with every owner row of the lab locked: two changes racing to remove
+    the last two owners serialise, and the second sees one owner left."""
+    list(Membership.objects.select_for_update().filter(lab=lab, role=Role.OWNER))
+    membership = Membership.objects.select_for_update().filter(lab=lab, user=user).first()
+    if membership is None:
+        raise MembershipError(f"{user.email} is not a member of {lab.name}.")
+    return membership
+
+
+def _owner_change_allowed(lab: Lab, membership: Membership, by_role: str | None) -> None:
+    if membership.role == Role.OWNER and by_role != Role.OWNER:
+        raise MembershipError("Only an owner changes or removes another owner.")
+    others = Membership.objects.filter(lab=lab, role=Role.OWNER).exclude(pk=membership.pk)
+    if membership.role == Role.OWNER and not others.exists():
+        raise MembershipError(f"{lab.name} needs an owner: make someone else owner first.")
+
+
+@transaction.atomic
+def membership_role_set(*, lab: Lab, user: User, role: str, by_role: str | None) -> Membership:
+    """Change a member's role, as someone of role `by_role` in the lab (an owner or admin:
+    the caller checks). Only owners make or unmake owners; the last owner stays one."""
+    if role not in Role.values:
+        raise MembershipError(f"Unknown role: {role}.")
+    membership = _membership_locked(lab, user)
+    if role == Role.OWNER and by_role != Role.OWNER:
+        raise MembershipError("Only an owner makes someone an owner.")
+    if membership.role != role:
+        _owner_change_allowed(lab, membership, by_role)
+        membership.role = role
+        membership.save(update_fields=["role", "updated_at"])
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, lab: Lab, user: User, by_role: str | None) -> None:
+    """Remove a member (their keys stay with the lab's projects; an owner or admin revokes
+    them). Only owners remove owners; the last owner stays."""
+    membership = _membership_locked(lab, user)
+    _owner_change_allowed(lab, membership, by_role)
+    membership.delete()
 
 
 @transaction.atomic

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts import selectors as account_selectors
-from accounts.models import Lab
+from accounts.models import Lab, Role
 from accounts.views import lab_visible
 from billing import selectors, services
 from billing.errors import BudgetError, BudgetShortfallError
@@ -48,6 +48,7 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
         "budget_operations": BUDGET_OPERATIONS,
         "grants": selectors.grant_list(actor=request.user, lab=lab),
         "members": account_selectors.lab_members(actor=request.user, lab=lab),
+        "roles": Role.choices,
         "history": selectors.history_page(actor=request.user, lab=lab, page_size=20),
         "form": form,
         "failed_operation": form.data.get("operation") if form is not None else None,

@@ -1,0 +1,56 @@
+"""Forms of the lab pages: a new lab, a new project, a member added or changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from accounts.models import Lab, Role, User
+
+
+class NameForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=200, strip=True)
+
+
+class ProjectForm(NameForm):
+    def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lab = lab
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if self.lab.projects.filter(name__iexact=name).exists():
+            raise forms.ValidationError(f"{self.lab.name} already has a project named {name}.")
+        return name
+
+
+class MemberAddForm(forms.Form):
+    email = forms.EmailField(label="Email")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
+
+    def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lab = lab
+
+    def clean_email(self) -> User:
+        email = self.cleaned_data["email"]
+        user = User.objects.filter(email__iexact=email, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(
+                "No Meterbill account uses this email: ask them to sign up, then add them."
+            )
+        if self.lab.memberships.filter(user=user).exists():
+            raise forms.ValidationError(f"{user.email} is already a member of {self.lab.name}.")
+        return user
+
+
+class MemberChangeForm(forms.Form):
+    action = forms.ChoiceField(choices=[("role", "role"), ("remove", "remove")])
+    role = forms.ChoiceField(choices=Role.choices, required=False)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("action") == "role" and not data.get("role"):
+            self.add_error("role", "Choose a role.")
+        return data
