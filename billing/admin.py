@@ -3,11 +3,12 @@ journal. Every money action here goes through billing.services and records the o
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -236,11 +237,20 @@ class JournalLineInline(admin.TabularInline):
 
 @admin.register(JournalEntry)
 class JournalEntryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "type", "created_at", "actor_user", "actor_token", "reason"]
+    list_display = ["id", "type", "created_at", "moved", "actor_user", "actor_token", "reason"]
     list_filter = ["type", "created_at"]
-    search_fields = ["uuid", "reason", "actor_user__email", "idempotency_key"]
+    search_fields = ["uuid", "reason", "actor_user__email", "idempotency_key", "job_uuid"]
     inlines = [JournalLineInline]
     list_select_related = ["actor_user", "actor_token"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[JournalEntry]:
+        credited = Sum("lines__amount", filter=Q(lines__amount__gt=0))
+        return super().get_queryset(request).annotate(moved=credited)
+
+    @admin.display(description="Credits moved", ordering="moved")
+    def moved(self, entry: JournalEntry) -> Decimal | None:
+        """What the entry's lines credited (as much as they debited)."""
+        return entry.moved  # type: ignore[attr-defined]
 
 
 @admin.register(LedgerAccount)

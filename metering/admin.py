@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest
 from django.utils import timezone
@@ -109,6 +109,28 @@ class PriceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._editable(obj) and super().has_change_permission(request, obj)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        price = self.get_object(request, object_id)
+        if request.method == "GET" and price is not None and not self._editable(price):
+            messages.info(
+                request,
+                "This price is in effect or was used by a job, so it cannot change: add a new "
+                "price for the service with a later valid-from instead.",
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request: HttpRequest, obj: Price, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.valid_from < timezone.now():
+            messages.warning(
+                request,
+                f"This price is valid from {obj.valid_from:%Y-%m-%d %H:%M} UTC, in the past: it "
+                "applies to estimates and reservations from now on; jobs reserved before keep "
+                "the price they were reserved at.",
+            )
 
 
 @admin.register(Discount)

@@ -233,3 +233,37 @@ def test_admin_explains_a_bad_tier_or_discount_in_words(client, llm, cast):
     page = client.post("/admin/metering/discount/add/", discount).content.decode()
     assert "A discount&#x27;s valid-to must be after its valid-from." in page
     assert Price.objects.count() == 0 and not Discount.objects.exists()
+
+
+@pytest.mark.django_db
+def test_admin_says_why_a_price_is_read_only_and_warns_of_a_past_start(client, llm):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    now = timezone.now() - timedelta(minutes=5)
+    form = {
+        "service": llm.pk, "lab": "", "valid_from_0": now.strftime("%Y-%m-%d"),
+        "valid_from_1": now.strftime("%H:%M:%S"), "valid_to_0": "", "valid_to_1": "",
+        "tiers-TOTAL_FORMS": "1", "tiers-INITIAL_FORMS": "0",
+        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
+        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "",
+        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "0.1",
+    }  # fmt: skip
+    saved = client.post("/admin/metering/price/add/", form, follow=True).content.decode()
+    assert "in the past: it applies to estimates and reservations from now on" in saved
+    price = Price.objects.get()
+    page = client.get(f"/admin/metering/price/{price.pk}/change/").content.decode()
+    assert "This price is in effect or was used by a job, so it cannot change" in page
+
+
+@pytest.mark.django_db
+def test_admin_journal_lists_what_each_entry_moved(client, cast):
+    from accounts.services import user_create
+    from billing import services as billing
+
+    billing.lab_top_up(lab=cast.lab, amount="12.5")
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    page = client.get("/admin/billing/journalentry/").content.decode()
+    assert "Credits moved" in page and "12.500000" in page
