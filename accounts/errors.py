@@ -15,3 +15,7 @@ class InvalidScopeError(InvalidRequestError):
 
 class MembershipError(InvalidRequestError):
     """A membership change the lab's rules refuse (the last owner, an admin touching an owner)."""
+
+
+class InvitationNotFoundError(NotFoundError):
+    default_message = "Invitation not found"

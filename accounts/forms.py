@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 
-from accounts.models import Lab, Role, User
+from accounts.models import Lab, Role
 
 
 class NameForm(forms.Form):
@@ -25,24 +25,9 @@ class ProjectForm(NameForm):
         return name
 
 
-class MemberAddForm(forms.Form):
+class InviteForm(forms.Form):
     email = forms.EmailField(label="Email")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
-
-    def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lab = lab
-
-    def clean_email(self) -> User:
-        email = self.cleaned_data["email"]
-        user = User.objects.filter(email__iexact=email, is_active=True).first()
-        if user is None:
-            raise forms.ValidationError(
-                "No Meterbill account uses this email: ask them to sign up, then add them."
-            )
-        if self.lab.memberships.filter(user=user).exists():
-            raise forms.ValidationError(f"{user.email} is already a member of {self.lab.name}.")
-        return user
 
 
 class MemberChangeForm(forms.Form):

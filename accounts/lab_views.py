@@ -1,6 +1,7 @@
-"""Self-service labs: create a lab, add its projects, add members and change their roles.
-Anyone signed in creates a lab (and owns it); a lab's owners and admins manage it; members
-get 403, outsiders 404. Errors come back as messages on the lab page (post, redirect, get)."""
+"""Self-service labs: create a lab, add its projects, invite members (nobody joins without
+accepting) and change their roles. Anyone signed in creates a lab (and owns it); a lab's owners
+and admins manage it; members may leave, and otherwise get 403; outsiders 404. Errors come back
+as messages on the lab page (post, redirect, get)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors, services
-from accounts.errors import MembershipError
-from accounts.forms import MemberAddForm, MemberChangeForm, NameForm, ProjectForm
+from accounts.errors import InvitationNotFoundError, MembershipError
+from accounts.forms import InviteForm, MemberChangeForm, NameForm, ProjectForm
 from accounts.models import Lab, Role, User
 from accounts.views import lab_visible
+from keys.services import keys_revoke_of_member
 
 
 def _managed_lab(request: HttpRequest, lab_id: str) -> tuple[Lab, str | None]:
@@ -64,37 +66,89 @@ def project_new(request: HttpRequest, lab_id: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def member_add(request: HttpRequest, lab_id: str) -> HttpResponse:
-    lab, role = _managed_lab(request, lab_id)
-    form = MemberAddForm(request.POST, lab=lab)
+def member_invite(request: HttpRequest, lab_id: str) -> HttpResponse:
+    lab, _role = _managed_lab(request, lab_id)
+    form = InviteForm(request.POST)
     if not form.is_valid():
         return _refused(request, lab, form)
-    user, new_role = form.cleaned_data["email"], form.cleaned_data["role"]
-    if new_role == Role.OWNER and role != Role.OWNER:
-        messages.error(request, "Only an owner makes someone an owner.")
-        return redirect("lab_detail", lab_id=lab.uuid)
-    services.membership_add(lab=lab, user=user, role=new_role)
-    messages.success(request, f"Added {user.email} as {Role(new_role).label.lower()}.")
+    email, role = form.cleaned_data["email"], form.cleaned_data["role"]
+    try:
+        invitation = services.invitation_create(lab=lab, email=email, role=role, by=request.user)
+    except MembershipError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Invited {invitation.email} as {Role(role).label.lower()}: they join {lab.name} "
+            "when they accept, on their dashboard.",
+        )
     return redirect("lab_detail", lab_id=lab.uuid)
 
 
 @login_required
 @require_POST
+def invitation_cancel(request: HttpRequest, lab_id: str, invitation_id: str) -> HttpResponse:
+    lab, _role = _managed_lab(request, lab_id)
+    try:
+        invitation = services.invitation_cancel(
+            lab=lab, invitation_uuid=invitation_id, by=request.user
+        )
+    except InvitationNotFoundError as exc:
+        raise Http404("No such open invitation") from exc
+    messages.success(request, f"Cancelled the invitation of {invitation.email}.")
+    return redirect("lab_detail", lab_id=lab.uuid)
+
+
+@login_required
+@require_POST
+def invitation_answer(request: HttpRequest, invitation_id: str, answer: str) -> HttpResponse:
+    """The invitee accepts or declines an invitation to one of their verified addresses."""
+    if answer not in ("accept", "decline"):
+        raise Http404("Accept or decline")
+    try:
+        if answer == "accept":
+            membership = services.invitation_accept(
+                invitation_uuid=invitation_id, user=request.user
+            )
+            messages.success(request, f"You joined {membership.lab.name}.")
+            return redirect("lab_detail", lab_id=membership.lab.uuid)
+        invitation = services.invitation_decline(invitation_uuid=invitation_id, user=request.user)
+    except InvitationNotFoundError as exc:
+        raise Http404("No such open invitation") from exc
+    messages.info(request, f"Declined the invitation to {invitation.lab.name}.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_POST
 def member_change(request: HttpRequest, lab_id: str, user_id: str) -> HttpResponse:
-    lab, role = _managed_lab(request, lab_id)
+    """An owner or admin changes a member's role or removes them; any member may leave.
+    Leaving or being removed revokes the keys that member made in the lab's projects: the
+    lab's credits are no longer theirs to spend."""
+    lab = lab_visible(request, lab_id)
     member = User.objects.filter(uuid=user_id, memberships__lab=lab).first()
+    form = MemberChangeForm(request.POST)
+    leaving = member == request.user and request.POST.get("action") == "remove"
+    if not leaving:
+        _managed_lab(request, lab_id)
     if member is None:
         raise Http404("Not a member of this lab")
-    form = MemberChangeForm(request.POST)
     if not form.is_valid():
         return _refused(request, lab, form)
     try:
         if form.cleaned_data["action"] == "remove":
-            services.membership_remove(lab=lab, user=member, by_role=role)
-            messages.success(request, f"Removed {member.email} from {lab.name}.")
+            with transaction.atomic():
+                services.membership_remove(lab=lab, user=member, by=request.user)
+                revoked = keys_revoke_of_member(lab=lab, user=member, by=request.user)
+            plural, who = ("s" if revoked != 1 else ""), ("you" if leaving else "they")
+            keys_text = f" and revoked {revoked} API key{plural} {who} made" if revoked else ""
+            if leaving:
+                messages.success(request, f"You left {lab.name}{keys_text}.")
+                return redirect("dashboard")
+            messages.success(request, f"Removed {member.email} from {lab.name}{keys_text}.")
         else:
             new_role = form.cleaned_data["role"]
-            services.membership_role_set(lab=lab, user=member, role=new_role, by_role=role)
+            services.membership_role_set(lab=lab, user=member, role=new_role, by=request.user)
             messages.success(request, f"{member.email} is now {Role(new_role).label.lower()}.")
     except MembershipError as exc:
         messages.error(request, exc.message)

@@ -109,6 +109,49 @@ class Membership(TimeStampedModel):
         return f"{self.user} in {self.lab} ({self.role})"
 
 
+class LabInvitation(TimeStampedModel):
+    """An owner's or admin's invitation of an email address into a lab. Nobody joins a lab
+    without accepting: the invitee sees it on their dashboard once they sign in with that
+    address verified (whether or not they had an account when invited)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()  # lower case
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    invited_by = models.ForeignKey(
+        User, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)  # declined or cancelled
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lab", "email"],
+                condition=models.Q(accepted_at__isnull=True, closed_at__isnull=True),
+                name="invitation_one_open_per_lab_email",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="invitation_role_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["email"],
+                condition=models.Q(accepted_at__isnull=True, closed_at__isnull=True),
+                name="invitation_open_by_email",
+            ),
+        ]
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.closed_at is None
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.lab} ({self.role})"
+
+
 class Scope(models.TextChoices):
     ACCOUNTING = "accounting", "Accounting-service API"
     AUTHORIZE = "authorize", "Authorize end-user API keys"

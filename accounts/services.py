@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import uuid as uuid_lib
 from collections.abc import Iterable
 
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from accounts.errors import InvalidScopeError, MembershipError
-from accounts.models import Lab, Membership, Project, Role, Scope, ServiceToken, User
+from accounts.errors import InvalidScopeError, InvitationNotFoundError, MembershipError
+from accounts.models import (
+    Lab,
+    LabInvitation,
+    Membership,
+    Project,
+    Role,
+    Scope,
+    ServiceToken,
+    User,
+)
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 
 DEFAULT_PROJECT_NAME = "Default"
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -38,18 +53,33 @@ def membership_add(*, lab: Lab, user: User, role: str = Role.MEMBER) -> Membersh
     return membership
 
 
-def _membership_locked(lab: Lab, user: User) -> Membership:
-    """The membership, with every owner row of the lab locked: two changes racing to remove
-    the last two owners serialise, and the second sees one owner left."""
+def _owners_locked(lab: Lab) -> None:
+    """Lock the lab's owner rows first, in every membership change: two changes racing to
+    remove the last two owners serialise, and the second sees one owner left."""
     list(Membership.objects.select_for_update().filter(lab=lab, role=Role.OWNER))
+
+
+def _role_now(lab: Lab, user: User) -> str | None:
+    """The user's role read after the owner rows are locked (an owner demoted meanwhile is
+    not one any more)."""
+    return Membership.objects.filter(lab=lab, user=user).values_list("role", flat=True).first()
+
+
+def _membership_locked(lab: Lab, user: User) -> Membership:
     membership = Membership.objects.select_for_update().filter(lab=lab, user=user).first()
     if membership is None:
         raise MembershipError(f"{user.email} is not a member of {lab.name}.")
     return membership
 
 
-def _owner_change_allowed(lab: Lab, membership: Membership, by_role: str | None) -> None:
-    if membership.role == Role.OWNER and by_role != Role.OWNER:
+def _change_allowed(lab: Lab, membership: Membership, by: User, by_role: str | None) -> None:
+    leaving = membership.user_id == by.pk
+    if not leaving and by_role not in (Role.OWNER, Role.ADMIN):
+        raise MembershipError("Only the lab's owners and admins change its members.")
+    if lab.personal_for_id == membership.user_id:
+        own = membership.user.email
+        raise MembershipError(f"{lab.name} is {own}'s own lab: they stay its owner.")
+    if membership.role == Role.OWNER and not leaving and by_role != Role.OWNER:
         raise MembershipError("Only an owner changes or removes another owner.")
     others = Membership.objects.filter(lab=lab, role=Role.OWNER).exclude(pk=membership.pk)
     if membership.role == Role.OWNER and not others.exists():
@@ -57,28 +87,137 @@ def _owner_change_allowed(lab: Lab, membership: Membership, by_role: str | None)
 
 
 @transaction.atomic
-def membership_role_set(*, lab: Lab, user: User, role: str, by_role: str | None) -> Membership:
-    """Change a member's role, as someone of role `by_role` in the lab (an owner or admin:
-    the caller checks). Only owners make or unmake owners; the last owner stays one."""
+def membership_role_set(*, lab: Lab, user: User, role: str, by: User) -> Membership:
+    """Change a member's role, by an owner or admin of the lab. Only owners make or unmake
+    owners; the last owner, and a personal lab's own user, stay owners."""
     if role not in Role.values:
         raise MembershipError(f"Unknown role: {role}.")
+    _owners_locked(lab)
+    by_role = _role_now(lab, by)
     membership = _membership_locked(lab, user)
     if role == Role.OWNER and by_role != Role.OWNER:
         raise MembershipError("Only an owner makes someone an owner.")
     if membership.role != role:
-        _owner_change_allowed(lab, membership, by_role)
+        if membership.user_id == by.pk and by_role not in (Role.OWNER, Role.ADMIN):
+            raise MembershipError("Only the lab's owners and admins change its members.")
+        _change_allowed(lab, membership, by, by_role)
         membership.role = role
         membership.save(update_fields=["role", "updated_at"])
     return membership
 
 
 @transaction.atomic
-def membership_remove(*, lab: Lab, user: User, by_role: str | None) -> None:
-    """Remove a member (their keys stay with the lab's projects; an owner or admin revokes
-    them). Only owners remove owners; the last owner stays."""
+def membership_remove(*, lab: Lab, user: User, by: User) -> None:
+    """Remove a member, by an owner or admin of the lab, or the member leaving. Only owners
+    remove owners; the last owner, and a personal lab's own user, stay."""
+    _owners_locked(lab)
+    by_role = _role_now(lab, by)
     membership = _membership_locked(lab, user)
-    _owner_change_allowed(lab, membership, by_role)
+    _change_allowed(lab, membership, by, by_role)
     membership.delete()
+
+
+# Invitations ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def invitation_create(*, lab: Lab, email: str, role: str, by: User) -> LabInvitation:
+    """Invite an email address (with or without an account) into the lab; they join when they
+    accept. A second invitation of the same address replaces the open one's role. The same
+    answer whether or not the address has an account: nothing tells who has one."""
+    email = email.strip().lower()
+    _owners_locked(lab)
+    by_role = _role_now(lab, by)
+    if by_role not in (Role.OWNER, Role.ADMIN):
+        raise MembershipError("Only the lab's owners and admins invite members.")
+    if role == Role.OWNER and by_role != Role.OWNER:
+        raise MembershipError("Only an owner makes someone an owner.")
+    if Membership.objects.filter(lab=lab, user__email__iexact=email).exists():
+        raise MembershipError(f"{email} is already a member of {lab.name}.")
+    invitation, _ = LabInvitation.objects.update_or_create(
+        lab=lab,
+        email=email,
+        accepted_at=None,
+        closed_at=None,
+        defaults={"role": role, "invited_by": by},
+    )
+    transaction.on_commit(lambda: _invitation_mail(invitation))
+    return invitation
+
+
+def _invitation_mail(invitation: LabInvitation) -> None:
+    inviter = invitation.invited_by.email if invitation.invited_by else "An administrator"
+    body = (
+        f"{inviter} invited you to the lab {invitation.lab.name} on Meterbill, as "
+        f"{Role(invitation.role).label.lower()}.\n\nSign in (or sign up) with this address to "
+        f"accept or decline: {settings.PORTAL_BASE_URL}/app/\n"
+    )
+    try:
+        send_mail(
+            f"[Meterbill] Invitation to {invitation.lab.name}", body, None, [invitation.email]
+        )
+    except Exception:  # the invitation stands; the dashboard shows it
+        logger.exception("invitation mail to %s failed", invitation.email)
+
+
+def invitations_open_for(user: User) -> QuerySet[LabInvitation]:
+    """Open invitations to the user's verified addresses."""
+    emails = [
+        address.lower()
+        for address in EmailAddress.objects.filter(user=user, verified=True).values_list(
+            "email", flat=True
+        )
+    ]
+    return LabInvitation.objects.filter(
+        email__in=emails, accepted_at__isnull=True, closed_at__isnull=True
+    ).select_related("lab", "invited_by")
+
+
+def _open_invitation_locked(invitation_uuid: uuid_lib.UUID, user: User) -> LabInvitation:
+    invitation = (
+        invitations_open_for(user)
+        .select_for_update(of=("self",))
+        .filter(uuid=invitation_uuid)
+        .first()
+    )
+    if invitation is None:
+        raise InvitationNotFoundError()
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, invitation_uuid: uuid_lib.UUID, user: User) -> Membership:
+    invitation = _open_invitation_locked(invitation_uuid, user)
+    membership, _ = Membership.objects.get_or_create(
+        lab=invitation.lab, user=user, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at", "updated_at"])
+    return membership
+
+
+@transaction.atomic
+def invitation_decline(*, invitation_uuid: uuid_lib.UUID, user: User) -> LabInvitation:
+    invitation = _open_invitation_locked(invitation_uuid, user)
+    invitation.closed_at = timezone.now()
+    invitation.save(update_fields=["closed_at", "updated_at"])
+    return invitation
+
+
+@transaction.atomic
+def invitation_cancel(*, lab: Lab, invitation_uuid: uuid_lib.UUID, by: User) -> LabInvitation:
+    if _role_now(lab, by) not in (Role.OWNER, Role.ADMIN):
+        raise MembershipError("Only the lab's owners and admins cancel invitations.")
+    invitation = (
+        LabInvitation.objects.select_for_update()
+        .filter(lab=lab, uuid=invitation_uuid, accepted_at__isnull=True, closed_at__isnull=True)
+        .first()
+    )
+    if invitation is None:
+        raise InvitationNotFoundError()
+    invitation.closed_at = timezone.now()
+    invitation.save(update_fields=["closed_at", "updated_at"])
+    return invitation
 
 
 @transaction.atomic

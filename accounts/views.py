@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from accounts import selectors
+from accounts import selectors, services
 from accounts.errors import LabNotFoundError
 from accounts.models import Lab
 
@@ -24,4 +24,5 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     labs = selectors.lab_list(actor=request.user).prefetch_related("projects")
     roles = dict(request.user.memberships.values_list("lab_id", "role"))
     rows = [{"lab": lab, "role": roles.get(lab.id)} for lab in labs]
-    return render(request, "app/dashboard.html", {"rows": rows})
+    invitations = services.invitations_open_for(request.user)
+    return render(request, "app/dashboard.html", {"rows": rows, "invitations": invitations})

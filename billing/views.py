@@ -49,6 +49,7 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
         "grants": selectors.grant_list(actor=request.user, lab=lab),
         "members": account_selectors.lab_members(actor=request.user, lab=lab),
         "roles": Role.choices,
+        "invitations": lab.invitations.filter(accepted_at__isnull=True, closed_at__isnull=True),
         "history": selectors.history_page(actor=request.user, lab=lab, page_size=20),
         "form": form,
         "failed_operation": form.data.get("operation") if form is not None else None,

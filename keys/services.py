@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import selectors as account_selectors
-from accounts.models import Project, ServiceToken, User
+from accounts.models import Lab, Project, ServiceToken, User
 from billing.errors import IdempotencyConflictError
 from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
@@ -180,6 +180,15 @@ def key_revoke(*, key: ApiKey, by: User | None = None) -> ApiKey:
     )
     key.refresh_from_db(fields=["revoked_at", "revoked_by"])
     return key
+
+
+def keys_revoke_of_member(*, lab: Lab, user: User, by: User | None) -> int:
+    """A member leaving a lab (or removed): the keys they made in its projects are refused
+    from the next authorize, as a revocation by `by`. Returns how many it revoked."""
+    now = timezone.now()
+    return ApiKey.objects.filter(project__lab=lab, created_by=user, revoked_at__isnull=True).update(
+        revoked_at=now, revoked_by=by, updated_at=now
+    )
 
 
 @transaction.atomic

@@ -9,7 +9,7 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from accounts.models import Lab, Membership, Project, Role
+from accounts.models import Lab, LabInvitation, Membership, Project, Role
 from accounts.services import membership_add
 from billing.models import AccountType, LedgerAccount
 
@@ -61,36 +61,81 @@ def test_owners_and_admins_add_projects_members_cannot_and_outsiders_see_nothing
     assert names == ["Alpha", "Beta", "Gamma"]
 
 
-def test_adding_a_member_by_email(client, cast):
+def invite(client, lab, email, role="member"):
+    response = client.post(lab_url(lab, "members/"), {"email": email, "role": role})
+    assert response.status_code == 302
+    return client.get(response["Location"]).content.decode()
+
+
+def test_an_invitee_joins_only_by_accepting(
+    client, cast, mailoutbox, django_capture_on_commit_callbacks
+):
     client.force_login(cast.alice)
-    added = client.post(
-        lab_url(cast.lab, "members/"),
-        {"email": "CHARLIE@example.com", "role": "admin"},
-        follow=True,
-    )
-    assert "Added charlie@example.com as admin." in added.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):  # the mail goes once committed
+        page = invite(client, cast.lab, "CHARLIE@example.com", "admin")
+    assert "Invited charlie@example.com as admin: they join Alice Lab when they accept" in page
+    assert "charlie@example.com" not in roles(cast.lab)
+    [mail] = mailoutbox
+    assert mail.to == ["charlie@example.com"] and "Alice Lab" in mail.subject
+    assert "alice@example.com invited you to the lab Alice Lab" in mail.body
+    [invitation] = LabInvitation.objects.all()
+
+    client.force_login(cast.bob)  # not his invitation
+    assert client.post(f"/app/invitations/{invitation.uuid}/accept/").status_code == 404
+    client.force_login(cast.charlie)
+    assert client.get(lab_url(cast.lab)).status_code == 404  # not a member yet
+    dashboard = client.get("/app/").content.decode()
+    assert f'data-invitation="{invitation.uuid}"' in dashboard
+    assert "alice@example.com invited you to <strong>Alice Lab</strong> as admin." in dashboard
+    joined = client.post(f"/app/invitations/{invitation.uuid}/accept/", follow=True)
+    assert joined.redirect_chain == [(lab_url(cast.lab), 302)]
+    assert "You joined Alice Lab." in joined.content.decode()
     assert roles(cast.lab)["charlie@example.com"] == Role.ADMIN
-    for email, error in [
-        ("nobody@example.com", "No Meterbill account uses this email"),
-        ("bob@example.com", "bob@example.com is already a member of Alice Lab."),
-        ("not an email", "Enter a valid email address."),
-    ]:
-        page = client.post(lab_url(cast.lab, "members/"), {"email": email, "role": "member"})
-        assert error in client.get(page["Location"]).content.decode()
-    assert len(roles(cast.lab)) == 3
+    assert client.post(f"/app/invitations/{invitation.uuid}/accept/").status_code == 404
 
 
-def test_only_owners_make_owners_and_members_or_outsiders_add_nobody(client, cast):
-    dana = _user("dana@example.com")
+def test_an_address_without_an_account_gets_the_same_answer_and_sees_it_after_sign_up(client, cast):
+    client.force_login(cast.alice)
+    assert "Invited dana@example.com as member" in invite(client, cast.lab, "dana@example.com")
+    dana = _user("dana@example.com")  # signs up later, address verified
+    client.force_login(dana)
+    [invitation] = LabInvitation.objects.filter(email="dana@example.com")
+    assert f'data-invitation="{invitation.uuid}"' in client.get("/app/").content.decode()
+    declined = client.post(f"/app/invitations/{invitation.uuid}/decline/", follow=True)
+    assert "Declined the invitation to Alice Lab." in declined.content.decode()
+    assert "dana@example.com" not in roles(cast.lab)
+    assert client.post(f"/app/invitations/{invitation.uuid}/accept/").status_code == 404
+
+
+def test_invitation_mistakes_come_back_as_messages(client, cast):
+    client.force_login(cast.alice)
+    assert "bob@example.com is already a member of Alice Lab." in invite(
+        client, cast.lab, "bob@example.com"
+    )
+    assert "Enter a valid email address." in invite(client, cast.lab, "not an email")
+    assert not LabInvitation.objects.exists()
+    invite(client, cast.lab, "erin@example.com")
+    invite(client, cast.lab, "erin@example.com", "admin")  # again: the open one's role changes
+    [invitation] = LabInvitation.objects.all()
+    assert invitation.role == Role.ADMIN
+    cancel = client.post(lab_url(cast.lab, f"invitations/{invitation.uuid}/cancel/"), follow=True)
+    assert "Cancelled the invitation of erin@example.com." in cancel.content.decode()
+    erin = _user("erin@example.com")
+    client.force_login(erin)
+    assert client.post(f"/app/invitations/{invitation.uuid}/accept/").status_code == 404
+
+
+def test_only_owners_invite_owners_and_members_or_outsiders_invite_nobody(client, cast):
     membership_add(lab=cast.lab, user=cast.charlie, role=Role.ADMIN)
     client.force_login(cast.charlie)  # an admin now
-    page = client.post(lab_url(cast.lab, "members/"), {"email": dana.email, "role": "owner"})
-    assert "Only an owner makes someone an owner." in client.get(page["Location"]).content.decode()
+    assert "Only an owner makes someone an owner." in invite(
+        client, cast.lab, "dana@example.com", "owner"
+    )
     client.force_login(cast.bob)
-    assert client.post(lab_url(cast.lab, "members/"), {"email": dana.email}).status_code == 403
-    client.force_login(dana)
-    assert client.post(lab_url(cast.lab, "members/"), {"email": dana.email}).status_code == 404
-    assert "dana@example.com" not in roles(cast.lab)
+    assert client.post(lab_url(cast.lab, "members/"), {"email": "x@example.com"}).status_code == 403
+    client.force_login(_user("dana@example.com"))
+    assert client.post(lab_url(cast.lab, "members/"), {"email": "x@example.com"}).status_code == 404
+    assert not LabInvitation.objects.exists()
 
 
 def test_roles_change_and_members_leave_but_the_last_owner_stays(client, cast):
@@ -112,12 +157,36 @@ def test_roles_change_and_members_leave_but_the_last_owner_stays(client, cast):
     client.force_login(cast.bob)
     assert client.get(lab_url(cast.lab)).status_code == 404  # gone: an outsider now
     client.force_login(cast.alice)
+    outsider = client.post(lab_url(cast.lab, f"members/{cast.charlie.uuid}/"), {"action": "remove"})
+    assert outsider.status_code == 404
+
+
+def test_a_member_leaves_but_changes_nothing_else(client, cast):
+    client.force_login(cast.bob)
+    url = lab_url(cast.lab, f"members/{cast.bob.uuid}/")
+    assert client.post(url, {"action": "role", "role": "admin"}).status_code == 403
     assert (
         client.post(
-            lab_url(cast.lab, f"members/{cast.charlie.uuid}/"), {"action": "remove"}
+            lab_url(cast.lab, f"members/{cast.alice.uuid}/"), {"action": "remove"}
         ).status_code
-        == 404
+        == 403
     )
+    assert 'value="remove"' in client.get(lab_url(cast.lab)).content.decode()  # Leave lab
+    left = client.post(url, {"action": "remove"}, follow=True)
+    assert left.redirect_chain == [("/app/", 302)]
+    assert "You left Alice Lab." in left.content.decode()
+    assert roles(cast.lab) == {"alice@example.com": Role.OWNER}
+
+
+def test_a_personal_labs_own_user_stays_its_owner(client, cast):
+    own = Lab.objects.get(personal_for=cast.alice)
+    membership_add(lab=own, user=cast.bob, role=Role.OWNER)
+    client.force_login(cast.bob)
+    for data in ({"action": "remove"}, {"action": "role", "role": "member"}):
+        response = client.post(lab_url(own, f"members/{cast.alice.uuid}/"), data)
+        page = client.get(response["Location"]).content.decode()
+        assert "is alice@example.com&#x27;s own lab: they stay its owner." in page
+    assert roles(own)["alice@example.com"] == Role.OWNER
 
 
 @pytest.mark.django_db(transaction=True)
