@@ -19,3 +19,7 @@ class MembershipError(InvalidRequestError):
 
 class InvitationNotFoundError(NotFoundError):
     default_message = "Invitation not found"
+
+
+class InvitationStaleError(MembershipError):
+    """An invitation whose sender may no longer grant its role: closed, not accepted."""

@@ -12,6 +12,12 @@ from accounts.models import Lab, Role
 class NameForm(forms.Form):
     name = forms.CharField(label="Name", max_length=200, strip=True)
 
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not name.isprintable():  # line breaks, NUL, direction overrides
+            raise forms.ValidationError("Use letters, digits, spaces and punctuation only.")
+        return name
+
 
 class ProjectForm(NameForm):
     def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
@@ -19,14 +25,14 @@ class ProjectForm(NameForm):
         self.lab = lab
 
     def clean_name(self) -> str:
-        name = self.cleaned_data["name"]
+        name = super().clean_name()
         if self.lab.projects.filter(name__iexact=name).exists():
             raise forms.ValidationError(f"{self.lab.name} already has a project named {name}.")
         return name
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField(label="Email")
+    email = forms.EmailField(label="Email", max_length=254)
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.MEMBER)
 
 

@@ -107,10 +107,17 @@ def invitation_answer(request: HttpRequest, invitation_id: str, answer: str) -> 
         raise Http404("Accept or decline")
     try:
         if answer == "accept":
-            membership = services.invitation_accept(
-                invitation_uuid=invitation_id, user=request.user
+            try:
+                membership, joined = services.invitation_accept(
+                    invitation_uuid=invitation_id, user=request.user
+                )
+            except MembershipError as exc:
+                messages.error(request, exc.message)
+                return redirect("dashboard")
+            name = membership.lab.name
+            messages.success(
+                request, f"You joined {name}." if joined else f"You were already in {name}."
             )
-            messages.success(request, f"You joined {membership.lab.name}.")
             return redirect("lab_detail", lab_id=membership.lab.uuid)
         invitation = services.invitation_decline(invitation_uuid=invitation_id, user=request.user)
     except InvitationNotFoundError as exc:

@@ -10,10 +10,15 @@ from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from accounts.errors import InvalidScopeError, InvitationNotFoundError, MembershipError
+from accounts.errors import (
+    InvalidScopeError,
+    InvitationNotFoundError,
+    InvitationStaleError,
+    MembershipError,
+)
 from accounts.models import (
     Lab,
     LabInvitation,
@@ -115,6 +120,14 @@ def membership_remove(*, lab: Lab, user: User, by: User) -> None:
     membership = _membership_locked(lab, user)
     _change_allowed(lab, membership, by, by_role)
     membership.delete()
+    # Open invitations to the member's addresses would let them straight back in.
+    addresses = EmailAddress.objects.filter(user=user).values_list("email", flat=True)
+    LabInvitation.objects.filter(
+        lab=lab,
+        email__in=[address.lower() for address in [user.email, *addresses]],
+        accepted_at__isnull=True,
+        closed_at__isnull=True,
+    ).update(closed_at=timezone.now(), updated_at=timezone.now())
 
 
 # Invitations ------------------------------------------------------------------------------------
@@ -132,15 +145,23 @@ def invitation_create(*, lab: Lab, email: str, role: str, by: User) -> LabInvita
         raise MembershipError("Only the lab's owners and admins invite members.")
     if role == Role.OWNER and by_role != Role.OWNER:
         raise MembershipError("Only an owner makes someone an owner.")
-    if Membership.objects.filter(lab=lab, user__email__iexact=email).exists():
+    members = Membership.objects.filter(lab=lab)
+    if members.filter(
+        Q(user__email__iexact=email)
+        | Q(user__emailaddress__email__iexact=email, user__emailaddress__verified=True)
+    ).exists():
         raise MembershipError(f"{email} is already a member of {lab.name}.")
-    invitation, _ = LabInvitation.objects.update_or_create(
-        lab=lab,
-        email=email,
-        accepted_at=None,
-        closed_at=None,
-        defaults={"role": role, "invited_by": by},
+    invitation = (
+        LabInvitation.objects.select_for_update()
+        .filter(lab=lab, email=email, accepted_at__isnull=True, closed_at__isnull=True)
+        .first()
     )
+    if invitation is not None and invitation.role == role:
+        return invitation  # the same invitation again: no second mail
+    if invitation is None:
+        invitation = LabInvitation(lab=lab, email=email)
+    invitation.role, invitation.invited_by = role, by
+    invitation.save()
     transaction.on_commit(lambda: _invitation_mail(invitation))
     return invitation
 
@@ -152,10 +173,9 @@ def _invitation_mail(invitation: LabInvitation) -> None:
         f"{Role(invitation.role).label.lower()}.\n\nSign in (or sign up) with this address to "
         f"accept or decline: {settings.PORTAL_BASE_URL}/app/\n"
     )
+    lab_name = " ".join(invitation.lab.name.split())  # one line, whatever the name holds
     try:
-        send_mail(
-            f"[Meterbill] Invitation to {invitation.lab.name}", body, None, [invitation.email]
-        )
+        send_mail(f"[Meterbill] Invitation to {lab_name}", body, None, [invitation.email])
     except Exception:  # the invitation stands; the dashboard shows it
         logger.exception("invitation mail to %s failed", invitation.email)
 
@@ -185,15 +205,39 @@ def _open_invitation_locked(invitation_uuid: uuid_lib.UUID, user: User) -> LabIn
     return invitation
 
 
+def invitation_accept(*, invitation_uuid: uuid_lib.UUID, user: User) -> tuple[Membership, bool]:
+    """Join the lab with the invitation's role; returns the membership and whether it is new
+    (an existing member keeps their role). The inviter must still be allowed to grant that
+    role now: an invitation of an owner demoted or removed since is closed, and refused."""
+    membership, created, lab = _invitation_accepted(invitation_uuid, user)
+    if membership is None:
+        raise InvitationStaleError(
+            f"This invitation to {lab.name} is no longer valid: whoever sent it may no longer "
+            "grant that role. Ask the lab's owners for a new one."
+        )
+    return membership, created
+
+
 @transaction.atomic
-def invitation_accept(*, invitation_uuid: uuid_lib.UUID, user: User) -> Membership:
+def _invitation_accepted(
+    invitation_uuid: uuid_lib.UUID, user: User
+) -> tuple[Membership | None, bool, Lab]:
     invitation = _open_invitation_locked(invitation_uuid, user)
-    membership, _ = Membership.objects.get_or_create(
-        lab=invitation.lab, user=user, defaults={"role": invitation.role}
+    lab, inviter = invitation.lab, invitation.invited_by
+    _owners_locked(lab)
+    inviter_role = _role_now(lab, inviter) if inviter is not None else None
+    may_grant = {Role.OWNER} if invitation.role == Role.OWNER else {Role.OWNER, Role.ADMIN}
+    now = timezone.now()
+    if inviter_role not in may_grant:
+        invitation.closed_at = now
+        invitation.save(update_fields=["closed_at", "updated_at"])
+        return None, False, lab
+    membership, created = Membership.objects.get_or_create(
+        lab=lab, user=user, defaults={"role": invitation.role}
     )
-    invitation.accepted_at = timezone.now()
+    invitation.accepted_at = now
     invitation.save(update_fields=["accepted_at", "updated_at"])
-    return membership
+    return membership, created, lab
 
 
 @transaction.atomic

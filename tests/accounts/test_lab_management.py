@@ -220,3 +220,65 @@ def _user(email):
     from tests.conftest import _verified_user
 
     return _verified_user(email, email.split("@")[0])
+
+
+def test_an_invitation_grants_only_what_its_sender_may_still_grant(client, cast):
+    membership_add(lab=cast.lab, user=cast.bob, role=Role.OWNER)
+    client.force_login(cast.bob)
+    invite(client, cast.lab, "charlie@example.com", "owner")
+    [invitation] = LabInvitation.objects.all()
+    client.force_login(cast.alice)
+    client.post(
+        lab_url(cast.lab, f"members/{cast.bob.uuid}/"), {"action": "role", "role": "member"}
+    )
+    client.force_login(cast.charlie)
+    refused = client.post(f"/app/invitations/{invitation.uuid}/accept/", follow=True)
+    assert "is no longer valid" in refused.content.decode()
+    assert "charlie@example.com" not in roles(cast.lab)
+    invitation.refresh_from_db()
+    assert invitation.closed_at is not None and invitation.accepted_at is None
+
+
+def test_removing_a_member_closes_invitations_that_would_let_them_back(client, cast):
+    from allauth.account.models import EmailAddress
+
+    EmailAddress.objects.create(user=cast.bob, email="bob.work@example.com", verified=True)
+    client.force_login(cast.alice)
+    assert "bob.work@example.com is already a member" in invite(
+        client, cast.lab, "bob.work@example.com"
+    )
+    client.post(lab_url(cast.lab, f"members/{cast.bob.uuid}/"), {"action": "remove"})
+    invite(client, cast.lab, "bob.work@example.com", "admin")  # he may come back by accepting
+    membership_add(lab=cast.lab, user=cast.bob)  # back somehow, then removed again
+    client.post(lab_url(cast.lab, f"members/{cast.bob.uuid}/"), {"action": "remove"})
+    client.force_login(cast.bob)
+    assert 'data-invitation="' not in client.get("/app/").content.decode()
+    assert "bob@example.com" not in roles(cast.lab)
+
+
+def test_the_same_invitation_again_sends_no_second_mail(
+    client, cast, mailoutbox, django_capture_on_commit_callbacks
+):
+    client.force_login(cast.alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):
+            invite(client, cast.lab, "erin@example.com")
+        invite(client, cast.lab, "erin@example.com", "admin")  # a new role: a new mail
+    assert len(mailoutbox) == 2
+
+
+@pytest.mark.parametrize("name", ["Evil\r\nBcc: x@example.com", "nul\x00", "rtl\u202eabc"])
+def test_a_name_with_control_characters_is_refused(client, cast, name):
+    labs, projects = Lab.objects.count(), Project.objects.count()
+    client.force_login(cast.charlie)
+    assert client.post("/app/labs/new/", {"name": name}).status_code == 400
+    client.force_login(cast.alice)
+    client.post(lab_url(cast.lab, "projects/"), {"name": name})
+    assert (Lab.objects.count(), Project.objects.count()) == (labs, projects)
+
+
+def test_an_overlong_address_is_a_message_not_a_500(client, cast):
+    client.force_login(cast.alice)
+    page = invite(client, cast.lab, "a" * 64 + "@" + "b" * 190 + ".example.com")
+    assert "Ensure this value has at most 254 characters" in page
+    assert not LabInvitation.objects.exists()
