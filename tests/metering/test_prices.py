@@ -24,6 +24,32 @@ def linear(multiplier):
     return [Tier(0, None, D(0), D(multiplier))]
 
 
+def price_form(service, valid_from, tiers, valid_to=None):
+    """The admin's add-price form: `tiers` as (min, max or "", fixed cost, multiplier)."""
+    form = {
+        "service": service.pk, "lab": "",
+        "valid_from_0": valid_from.strftime("%Y-%m-%d"),
+        "valid_from_1": valid_from.strftime("%H:%M:%S"),
+        "valid_to_0": valid_to.strftime("%Y-%m-%d") if valid_to else "",
+        "valid_to_1": valid_to.strftime("%H:%M:%S") if valid_to else "",
+        "tiers-TOTAL_FORMS": str(len(tiers)), "tiers-INITIAL_FORMS": "0",
+        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
+    }  # fmt: skip
+    for n, (low, high, fixed, multiplier) in enumerate(tiers):
+        form |= {
+            f"tiers-{n}-min_quantity": str(low), f"tiers-{n}-max_quantity": str(high),
+            f"tiers-{n}-fixed_cost": fixed, f"tiers-{n}-multiplier": multiplier,
+        }  # fmt: skip
+    return form
+
+
+def operator_signed_in(client):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+
+
 @pytest.mark.django_db
 def test_lab_price_wins_over_default_and_latest_valid_from_wins(llm, cast):
     now = timezone.now()
@@ -112,21 +138,8 @@ def test_public_price_page_speaks_human_units(client, llm):
 
 @pytest.mark.django_db
 def test_admin_refuses_non_contiguous_tiers_and_freezes_prices_in_effect(client, llm):
-    from accounts.services import user_create
-
-    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
-    client.force_login(operator)
-    now = timezone.now()
-    form = {
-        "service": llm.pk, "lab": "", "valid_from_0": now.strftime("%Y-%m-%d"),
-        "valid_from_1": now.strftime("%H:%M:%S"), "valid_to_0": "", "valid_to_1": "",
-        "tiers-TOTAL_FORMS": "2", "tiers-INITIAL_FORMS": "0",
-        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
-        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "100",
-        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "0.1",
-        "tiers-1-min_quantity": "150", "tiers-1-max_quantity": "",
-        "tiers-1-fixed_cost": "0", "tiers-1-multiplier": "0.05",
-    }  # fmt: skip
+    operator_signed_in(client)
+    form = price_form(llm, timezone.now(), [(0, 100, "0", "0.1"), (150, "", "0", "0.05")])
     refused = client.post("/admin/metering/price/add/", form)
     assert refused.status_code == 200
     assert "Tiers must be contiguous" in refused.content.decode()
@@ -164,11 +177,9 @@ def test_demo_services_cover_every_subtype_once(client):
 
 @pytest.mark.django_db
 def test_admin_freezes_a_price_once_a_job_used_it(client, llm, cast):
-    from accounts.services import user_create
     from metering.models import Job
 
-    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
-    client.force_login(operator)
+    operator_signed_in(client)
     price = services.price_create(
         service=llm, tiers=linear("0.1"), valid_from=timezone.now() + timedelta(days=1)
     )
@@ -207,20 +218,9 @@ def test_admin_texts_drop_exponents_and_trailing_zeros(cast):
 
 @pytest.mark.django_db
 def test_admin_explains_a_bad_tier_or_discount_in_words(client, llm, cast):
-    from accounts.services import user_create
-
-    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
-    client.force_login(operator)
-    later = timezone.now() + timedelta(days=1)
-    form = {
-        "service": llm.pk, "lab": "", "valid_from_0": later.strftime("%Y-%m-%d"),
-        "valid_from_1": "00:00:00", "valid_to_0": later.strftime("%Y-%m-%d"),
-        "valid_to_1": "00:00:00",
-        "tiers-TOTAL_FORMS": "1", "tiers-INITIAL_FORMS": "0",
-        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
-        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "",
-        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "-0.1",
-    }  # fmt: skip
+    operator_signed_in(client)
+    later = (timezone.now() + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+    form = price_form(llm, later, [(0, "", "0", "-0.1")], valid_to=later)
     page = client.post("/admin/metering/price/add/", form).content.decode()
     assert "A price&#x27;s valid-to must be after its valid-from." in page
     assert "A tier&#x27;s fixed cost and multiplier cannot be negative." in page
@@ -237,19 +237,8 @@ def test_admin_explains_a_bad_tier_or_discount_in_words(client, llm, cast):
 
 @pytest.mark.django_db
 def test_admin_says_why_a_price_is_read_only_and_warns_of_a_past_start(client, llm):
-    from accounts.services import user_create
-
-    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
-    client.force_login(operator)
-    now = timezone.now() - timedelta(minutes=5)
-    form = {
-        "service": llm.pk, "lab": "", "valid_from_0": now.strftime("%Y-%m-%d"),
-        "valid_from_1": now.strftime("%H:%M:%S"), "valid_to_0": "", "valid_to_1": "",
-        "tiers-TOTAL_FORMS": "1", "tiers-INITIAL_FORMS": "0",
-        "tiers-MIN_NUM_FORMS": "1", "tiers-MAX_NUM_FORMS": "1000",
-        "tiers-0-min_quantity": "0", "tiers-0-max_quantity": "",
-        "tiers-0-fixed_cost": "0", "tiers-0-multiplier": "0.1",
-    }  # fmt: skip
+    operator_signed_in(client)
+    form = price_form(llm, timezone.now() - timedelta(minutes=5), [(0, "", "0", "0.1")])
     saved = client.post("/admin/metering/price/add/", form, follow=True).content.decode()
     assert "in the past: it applies to estimates and reservations from now on" in saved
     price = Price.objects.get()
@@ -259,11 +248,9 @@ def test_admin_says_why_a_price_is_read_only_and_warns_of_a_past_start(client, l
 
 @pytest.mark.django_db
 def test_admin_journal_lists_what_each_entry_moved(client, cast):
-    from accounts.services import user_create
     from billing import services as billing
 
     billing.lab_top_up(lab=cast.lab, amount="12.5")
-    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
-    client.force_login(operator)
+    operator_signed_in(client)
     page = client.get("/admin/billing/journalentry/").content.decode()
     assert "Credits moved" in page and "12.500000" in page
