@@ -37,7 +37,7 @@ def test_members_see_balance_form_and_history(client, cast, offline, history):
     assert f'data-topup="{history[1].uuid}"' not in page and "17.00 USD" not in page
     assert 'data-testid="topup-form"' in page and "Test mode" in page
     assert "1 USD buys 1 credit)" in page
-    assert "API keys spend their project&#x27;s budget" in page
+    assert "API keys spend their project's budget" in page
     assert "an owner or admin of the lab saves one with a top-up" in page  # Bob is a member
     assert 'data-testid="auto-recharge-form"' not in page  # members cannot set it
     for preset in ("10", "25", "50", "100"):
