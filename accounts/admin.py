@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.models import Lab, Membership, Project, Scope, ServiceToken, User
+from accounts.models import Lab, LabInvitation, Membership, Project, Scope, ServiceToken, User
 
 
 @admin.register(User)
@@ -143,3 +143,20 @@ class ServiceTokenAdmin(admin.ModelAdmin):
         for token in queryset:
             services.service_token_revoke(token=token)
         self.message_user(request, f"Revoked {queryset.count()} token(s).")
+
+
+@admin.register(LabInvitation)
+class LabInvitationAdmin(admin.ModelAdmin):
+    """Who was invited where, by whom, and what became of it. Invitations are made and answered
+    in the portal; here they are only read."""
+
+    list_display = ["email", "lab", "role", "invited_by", "created_at", "accepted_at", "closed_at"]
+    list_filter = ["role"]
+    search_fields = ["email", "lab__name", "lab__uuid"]
+    list_select_related = ["lab", "invited_by"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

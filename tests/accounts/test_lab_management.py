@@ -282,3 +282,15 @@ def test_an_overlong_address_is_a_message_not_a_500(client, cast):
     page = invite(client, cast.lab, "a" * 64 + "@" + "b" * 190 + ".example.com")
     assert "Ensure this value has at most 254 characters" in page
     assert not LabInvitation.objects.exists()
+
+
+def test_operators_read_invitations_in_the_admin(client, cast):
+    from accounts.services import user_create
+
+    client.force_login(cast.alice)
+    invite(client, cast.lab, "erin@example.com", "admin")
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    page = client.get("/admin/accounts/labinvitation/").content.decode()
+    assert "erin@example.com" in page and "Alice Lab" in page
+    assert client.get("/admin/accounts/labinvitation/add/").status_code == 403
