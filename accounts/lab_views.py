@@ -5,6 +5,7 @@ as messages on the lab page (post, redirect, get)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -19,6 +20,7 @@ from accounts.errors import InvitationNotFoundError, MembershipError
 from accounts.forms import InviteForm, MemberChangeForm, NameForm, ProjectForm
 from accounts.models import Lab, Role, User
 from accounts.views import lab_visible
+from core.throttle import within_limit
 from keys.services import keys_revoke_of_member
 
 
@@ -45,6 +47,11 @@ def lab_new(request: HttpRequest) -> HttpResponse:
     if request.method != "POST" or not form.is_valid():
         status = 400 if request.method == "POST" else 200
         return render(request, "app/lab_new.html", {"form": form}, status=status)
+    if not within_limit(
+        user_id=request.user.pk, action="lab_new", most=settings.LABS_PER_DAY, seconds=86400
+    ):
+        form.add_error(None, f"At most {settings.LABS_PER_DAY} new labs a day: try tomorrow.")
+        return render(request, "app/lab_new.html", {"form": form}, status=429)
     with transaction.atomic():
         lab = services.lab_create(name=form.cleaned_data["name"], owner=request.user)
         services.project_create(lab=lab, name=services.DEFAULT_PROJECT_NAME)
@@ -72,6 +79,10 @@ def member_invite(request: HttpRequest, lab_id: str) -> HttpResponse:
     if not form.is_valid():
         return _refused(request, lab, form)
     email, role = form.cleaned_data["email"], form.cleaned_data["role"]
+    most = settings.LAB_INVITATIONS_PER_HOUR
+    if not within_limit(user_id=request.user.pk, action="invite", most=most, seconds=3600):
+        messages.error(request, f"At most {most} invitations an hour: try again later.")
+        return redirect("lab_detail", lab_id=lab.uuid)
     try:
         invitation = services.invitation_create(lab=lab, email=email, role=role, by=request.user)
     except MembershipError as exc:

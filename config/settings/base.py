@@ -113,6 +113,10 @@ ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_REDIRECT_URL = "landing"
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Meterbill] "
 ACCOUNT_PREVENT_ENUMERATION = True
+# Self-service labs (accounts/lab_views.py): per user, against abuse.
+LABS_PER_DAY = env.int("LABS_PER_DAY", default=10)
+LAB_INVITATIONS_PER_HOUR = env.int("LAB_INVITATIONS_PER_HOUR", default=30)
+
 ACCOUNT_RATE_LIMITS = {
     # Failed logins: per IP, and per (IP, email) so one account cannot be brute-forced.
     "login_failed": "10/m/ip,5/5m/key",

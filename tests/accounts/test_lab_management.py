@@ -294,3 +294,19 @@ def test_operators_read_invitations_in_the_admin(client, cast):
     page = client.get("/admin/accounts/labinvitation/").content.decode()
     assert "erin@example.com" in page and "Alice Lab" in page
     assert client.get("/admin/accounts/labinvitation/add/").status_code == 403
+
+
+def test_lab_creation_and_invitations_are_limited_per_user(client, cast, settings):
+    settings.LABS_PER_DAY, settings.LAB_INVITATIONS_PER_HOUR = 2, 2
+    client.force_login(cast.charlie)
+    labs = Lab.objects.count()
+    for n in range(2):
+        assert client.post("/app/labs/new/", {"name": f"Lab {n}"}).status_code == 302
+    refused = client.post("/app/labs/new/", {"name": "One too many"})
+    assert refused.status_code == 429 and "At most 2 new labs a day" in refused.content.decode()
+    assert Lab.objects.count() == labs + 2
+    client.force_login(cast.alice)
+    for n in range(2):
+        invite(client, cast.lab, f"guest{n}@example.com")
+    assert "At most 2 invitations an hour" in invite(client, cast.lab, "guest2@example.com")
+    assert LabInvitation.objects.count() == 2
