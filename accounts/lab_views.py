@@ -9,7 +9,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.forms import Form
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -21,7 +20,7 @@ from accounts.forms import InviteForm, MemberChangeForm, NameForm, ProjectForm
 from accounts.models import Lab, Role, User
 from accounts.views import lab_visible
 from core.throttle import within_limit
-from keys.services import keys_revoke_of_member
+from keys.services import member_remove
 
 
 def _managed_lab(request: HttpRequest, lab_id: str) -> tuple[Lab, str | None]:
@@ -52,9 +51,9 @@ def lab_new(request: HttpRequest) -> HttpResponse:
     ):
         form.add_error(None, f"At most {settings.LABS_PER_DAY} new labs a day: try tomorrow.")
         return render(request, "app/lab_new.html", {"form": form}, status=429)
-    with transaction.atomic():
-        lab = services.lab_create(name=form.cleaned_data["name"], owner=request.user)
-        services.project_create(lab=lab, name=services.DEFAULT_PROJECT_NAME)
+    lab = services.lab_with_default_project_create(
+        name=form.cleaned_data["name"], owner=request.user
+    )
     messages.success(request, f"Created {lab.name}, with a project named Default.")
     return redirect("lab_detail", lab_id=lab.uuid)
 
@@ -155,9 +154,7 @@ def member_change(request: HttpRequest, lab_id: str, user_id: str) -> HttpRespon
         return _refused(request, lab, form)
     try:
         if form.cleaned_data["action"] == "remove":
-            with transaction.atomic():
-                services.membership_remove(lab=lab, user=member, by=request.user)
-                revoked = keys_revoke_of_member(lab=lab, user=member, by=request.user)
+            revoked = member_remove(lab=lab, user=member, by=request.user)
             plural, who = ("s" if revoked != 1 else ""), ("you" if leaving else "they")
             keys_text = f" and revoked {revoked} API key{plural} {who} made" if revoked else ""
             if leaving:

@@ -271,9 +271,16 @@ def personal_lab_create(*, user: User) -> Lab:
     if existing is not None:
         return existing
     label = user.name or user.email.split("@")[0]
-    lab = lab_create(name=f"{label}'s lab", owner=user)
+    lab = lab_with_default_project_create(name=f"{label}'s lab", owner=user)
     lab.personal_for = user
     lab.save(update_fields=["personal_for", "updated_at"])
+    return lab
+
+
+@transaction.atomic
+def lab_with_default_project_create(*, name: str, owner: User) -> Lab:
+    """A lab the owner made, with a "Default" project to start spending from."""
+    lab = lab_create(name=name, owner=owner)
     project_create(lab=lab, name=DEFAULT_PROJECT_NAME)
     return lab
 

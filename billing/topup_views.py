@@ -20,12 +20,13 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors as account_selectors
 from accounts.models import Lab
+from accounts.views import lab_visible
 from billing import auto_recharge, selectors, stripe_events, stripe_gateway, test_mode, topups
 from billing.currency import from_minor
 from billing.errors import PaymentProviderError, TopUpError, TopUpNotFoundError
 from billing.forms import AutoRechargeForm, TopUpForm
 from billing.models import AutoRecharge, StripeCustomer, TopUp, TopUpKind, TopUpStatus
-from billing.views import _errors, _visible_lab
+from billing.views import _errors
 
 
 def _topup_visible(request: HttpRequest, lab: Lab, topup_id: str) -> TopUp:
@@ -101,7 +102,7 @@ def billing_home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def lab_billing(request: HttpRequest, lab_id: str) -> HttpResponse:
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     if topup_id := request.GET.get("paid"):
         topup = TopUp.objects.filter(lab=lab, uuid=topup_id).first() if _is_uuid(topup_id) else None
         if topup is not None and topup.status == TopUpStatus.PENDING:
@@ -121,7 +122,7 @@ def _is_uuid(value: str) -> bool:
 def lab_topup(request: HttpRequest, lab_id: str) -> HttpResponse:
     """Start a top-up: the pending row commits first, then Stripe Checkout (or the test-mode
     page) takes the payer. A GET (the address bar after a form error) goes to the billing page."""
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     if request.method != "POST":
         return redirect("lab_billing", lab_id=lab.uuid)
     role = account_selectors.membership_role(user=request.user, lab=lab)
@@ -163,7 +164,7 @@ def topup_test_checkout(request: HttpRequest, lab_id: str, topup_id: str) -> Htt
     through the same signed webhook path."""
     if not stripe_gateway.test_mode():
         raise Http404("Test mode is off")
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     topup = _topup_visible(request, lab, topup_id)
     if topup.kind != TopUpKind.CHECKOUT or not topup.stripe_session_id:
         raise Http404("No checkout for this top-up")
@@ -191,7 +192,7 @@ def topup_test_checkout(request: HttpRequest, lab_id: str, topup_id: str) -> Htt
 
 @login_required
 def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpResponse:
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     topup = _topup_visible(request, lab, topup_id)
     if topup.grant_id is None:
         raise Http404("No receipt: this top-up was not paid")
@@ -209,7 +210,7 @@ def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpRespo
 def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
     """POST: save the settings; a GET (the address bar after a form error) goes to the
     billing page."""
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     if request.method != "POST":
         return redirect("lab_billing", lab_id=lab.uuid)
     role = account_selectors.membership_role(user=request.user, lab=lab)

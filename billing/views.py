@@ -24,9 +24,6 @@ BUDGET_OPERATIONS = [
 ]
 
 
-_visible_lab = lab_visible
-
-
 def _errors(form: BudgetForm) -> list[str]:
     """Every error of a budget form as a sentence, field errors named by their label."""
     errors = list(form.non_field_errors())
@@ -60,13 +57,13 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
 
 @login_required
 def lab_detail(request: HttpRequest, lab_id: str) -> HttpResponse:
-    return _render_lab(request, _visible_lab(request, lab_id))
+    return _render_lab(request, lab_visible(request, lab_id))
 
 
 @login_required
 def lab_budget(request: HttpRequest, lab_id: str) -> HttpResponse:
     """POST only: one budget move by a lab owner or admin."""
-    lab = _visible_lab(request, lab_id)
+    lab = lab_visible(request, lab_id)
     if request.method != "POST":
         return redirect("lab_detail", lab_id=lab.uuid)
     role = account_selectors.membership_role(user=request.user, lab=lab)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts import selectors as account_selectors
 from accounts.models import Lab, Project, ServiceToken, User
+from accounts.services import membership_remove
 from billing.errors import IdempotencyConflictError
 from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
@@ -182,9 +183,12 @@ def key_revoke(*, key: ApiKey, by: User | None = None) -> ApiKey:
     return key
 
 
-def keys_revoke_of_member(*, lab: Lab, user: User, by: User | None) -> int:
-    """A member leaving a lab (or removed): the keys they made in its projects are refused
-    from the next authorize, as a revocation by `by`. Returns how many it revoked."""
+@transaction.atomic
+def member_remove(*, lab: Lab, user: User, by: User) -> int:
+    """A member leaves a lab, or is removed by `by` (accounts.services.membership_remove's
+    rules), and the keys they made in its projects are revoked with it: the lab's credits are
+    no longer theirs to spend. Returns how many keys it revoked."""
+    membership_remove(lab=lab, user=user, by=by)
     now = timezone.now()
     return ApiKey.objects.filter(project__lab=lab, created_by=user, revoked_at__isnull=True).update(
         revoked_at=now, revoked_by=by, updated_at=now

@@ -133,14 +133,18 @@ def _built(until: datetime) -> None:
             cache.set(BUILT_UNTIL, until, timeout=None)
 
 
-@transaction.atomic
 def usage_rollup(*, now: datetime | None = None) -> int:
     """Rebuild the hourly rollups of the last LOOKBACK_HOURS hours (from where the last run
     stopped, after an outage) and the daily rollups of the days they touch. Returns how many
     rows were written."""
     now = now or timezone.now()
-    start = _start(now)
+    start = _start(now)  # a cache read: before the transaction, not inside it
     end = _floor_hour(now) + timedelta(hours=1)
+    return _rebuilt(start, end)
+
+
+@transaction.atomic
+def _rebuilt(start: datetime, end: datetime) -> int:
     transaction.on_commit(lambda: _built(end))
     hourly = _hourly(start, end)
     UsageRollup.objects.filter(
