@@ -228,6 +228,15 @@ class Job(TimeStampedModel):
                 condition=Q(closed_at__isnull=False),
                 name="job_report_all",
             ),
+            # usage_rollup: the jobs closed in the hours it rebuilds; a lab's usage download.
+            models.Index(
+                fields=["closed_at"], condition=Q(closed_at__isnull=False), name="job_closed"
+            ),
+            models.Index(
+                fields=["lab", "closed_at"],
+                condition=Q(closed_at__isnull=False),
+                name="job_closed_lab",
+            ),
             # longrun_open_list: long-running jobs neither finished nor cancelled, oldest first.
             models.Index(
                 fields=["created_at"],

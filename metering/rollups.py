@@ -54,7 +54,7 @@ def _floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _job_units(job: dict) -> int:
+def job_units(job: dict) -> int:
     """What a closed job used, in its service's unit: tokens, instance-seconds, byte-seconds."""
     params = job["usage_params"] or {}
     if job["kind"] == ServiceType.ONESHOT:
@@ -99,7 +99,7 @@ def _hourly(start: datetime, end: datetime) -> dict[tuple[datetime, int, int | N
             _floor_hour(job["closed_at"]), job["project_id"], job["service_id"], job["lab_id"]
         )
         sums_row.jobs_closed += 1
-        sums_row.units += _job_units(job)
+        sums_row.units += job_units(job)
     settled = (
         UsageEvent.objects.filter(
             outcome=UsageEventOutcome.ACCEPTED, settled_at__gte=start, settled_at__lt=end

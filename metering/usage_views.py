@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
 from accounts.views import lab_visible
+from core.csv_download import csv_response
+from metering.usage_export import JOBS_HEADER, SUMMARY_HEADER, jobs_rows, summary_rows
 from metering.usage_summary import WINDOW_KEYS, lab_usage, usage_window
 
 
@@ -23,3 +25,18 @@ def lab_usage_page(request: HttpRequest, lab_id: str) -> HttpResponse:
         "windows": [usage_window(key, now) for key in WINDOW_KEYS],
     }
     return render(request, "app/lab_usage.html", context)
+
+
+_EXPORTS = {"jobs": (JOBS_HEADER, jobs_rows), "summary": (SUMMARY_HEADER, summary_rows)}
+
+
+@login_required
+def lab_usage_csv(request: HttpRequest, lab_id: str, table: str) -> StreamingHttpResponse:
+    """The page's window as CSV: `jobs` (every job closed in it) or `summary` (its sums)."""
+    lab = lab_visible(request, lab_id)
+    if table not in _EXPORTS:
+        raise Http404("No such download")
+    header, rows = _EXPORTS[table]
+    window = usage_window(request.GET.get("window", ""), timezone.now())
+    filename = f"usage-{table}-{window.key}-{window.start:%Y%m%d}.csv"
+    return csv_response(filename, header, rows(lab, window))

@@ -1,8 +1,11 @@
 """The lab's usage page: what its projects used and spent, from the rollups the worker builds
-out of real charges; members see it, outsiders get 404."""
+out of real charges; members see it, outsiders get 404. Its CSV downloads: every job closed in
+the window and the window's sums, streamed, with names that cannot run as spreadsheet formulas."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
 from decimal import Decimal
 
@@ -11,6 +14,7 @@ import time_machine
 
 from accounts.services import project_create
 from billing import services as billing
+from core.csv_download import csv_cell
 from metering import charging, usage
 from metering.models import ServiceType
 from metering.reservations import reservation_create
@@ -102,6 +106,8 @@ def test_members_see_the_page_and_outsiders_get_404(client, cast, used):
         assert "4,000 tokens" in page and "7,800 units" in page
         assert 'aria-current="page" class="contrast" data-window="24h"' in page
         assert "second call" in page and "charlie&#x27;s call" not in page
+        assert f'href="{url}jobs.csv?window=24h"' in page
+        assert f'href="{url}summary.csv?window=24h"' in page
         assert client.get(url + "?window=nonsense").status_code == 200  # the default window
         client.force_login(cast.charlie)
         assert client.get(url).status_code == 404
@@ -135,3 +141,97 @@ def test_operators_see_revenue_and_usage_in_the_admin(client, cast, used):
     assert "1 lab." in alice
     client.force_login(cast.alice)  # not staff
     assert client.get("/admin/metering/usagerollup/").status_code == 302
+
+
+# CSV downloads ---------------------------------------------------------------------------------
+
+
+def download(client, lab, table, window="24h"):
+    response = client.get(f"/app/labs/{lab.uuid}/usage/{table}.csv?window={window}")
+    assert response.status_code == 200, response
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].startswith(f'attachment; filename="usage-{table}-')
+    return list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+def test_the_jobs_download_lists_every_job_closed_in_the_window(client, cast, used):
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.bob)  # a member, not an admin
+        rows = download(client, cast.lab, "jobs")
+    assert [
+        (row["name"], row["service"], row["type"], row["units"], row["credits"], row["outcome"])
+        for row in rows
+    ] == [
+        ("first call", "ml-llm", "oneshot", "1000", "0.01", "finished"),
+        ("second call", "ml-llm", "oneshot", "3000", "0.03", "finished"),
+        ("", "single-cell-sim", "longrun", "7800", "79.5", "finished"),  # 2 instances, 3,900 s
+    ]
+    sim = rows[2]
+    assert (sim["started_at"], sim["finished_at"]) == (
+        "2026-11-20T12:00:00Z",
+        "2026-11-20T13:05:00Z",
+    )
+    assert {row["project_id"] for row in rows} == {str(cast.alpha.uuid)}
+    assert rows[0]["unit"] == "token"
+    # The page's total, to the millionth.
+    assert sum(Decimal(row["credits"]) for row in rows) == Decimal("79.54")
+
+
+def test_the_summary_download_is_the_pages_sums(client, cast, used):
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.alice)
+        hourly = download(client, cast.lab, "summary")
+        daily = download(client, cast.lab, "summary", window="30d")
+    assert [
+        (r["period_start"], r["service"], r["credits"], r["units"], r["jobs_closed"])
+        for r in hourly
+    ] == [
+        ("2026-11-20T12:00:00Z", "ml-llm", "0.04", "4000", "2"),
+        ("2026-11-20T12:00:00Z", "single-cell-sim", "37.5", "0", "0"),
+        ("2026-11-20T13:00:00Z", "single-cell-sim", "42", "7800", "1"),
+    ]
+    assert {row["period"] for row in hourly} == {"hour"}
+    assert [(r["period_start"], r["service"], r["credits"]) for r in daily] == [
+        ("2026-11-20T00:00:00Z", "ml-llm", "0.04"),
+        ("2026-11-20T00:00:00Z", "single-cell-sim", "79.5"),
+    ]
+
+
+def test_outsiders_get_404_and_an_unknown_table_is_404(client, cast, used):
+    client.force_login(cast.charlie)
+    for table in ("jobs", "summary"):
+        assert client.get(f"/app/labs/{cast.lab.uuid}/usage/{table}.csv").status_code == 404
+    with time_machine.travel(at(7200), tick=False):
+        own = download(client, cast.charlie_lab, "jobs")
+    assert [row["name"] for row in own] == ["charlie's call"]  # nothing of Alice Lab's
+    client.force_login(cast.alice)
+    assert client.get(f"/app/labs/{cast.lab.uuid}/usage/ledger.csv").status_code == 404
+    client.logout()
+    response = client.get(f"/app/labs/{cast.lab.uuid}/usage/jobs.csv")
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_names_that_look_like_formulas_stay_text(client, cast, used):
+    llm, _ = used
+    with time_machine.travel(T0, tick=False):
+        hostile = project_create(lab=cast.lab, name='=HYPERLINK("http://evil","x")')
+        billing.budget_grant(project=hostile, amount="1")
+        oneshot(hostile, llm, 1000, name="@SUM(A1:A9)")
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.alice)
+        rows = download(client, cast.lab, "jobs")
+    mine = next(row for row in rows if row["project_id"] == str(hostile.uuid))
+    assert mine["project"] == '\'=HYPERLINK("http://evil","x")'
+    assert mine["name"] == "'@SUM(A1:A9)"
+
+
+def test_cells_are_plain_numbers_and_iso_times():
+    from datetime import UTC, datetime
+
+    assert csv_cell(Decimal("0E-12")) == "0"
+    assert csv_cell(Decimal("-0.500000")) == "-0.5"  # a refund stays a number
+    assert csv_cell(Decimal("1E+2")) == "100"
+    assert csv_cell(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05Z"
+    assert csv_cell(None) == ""
+    assert csv_cell("-1+1") == "'-1+1"
+    assert csv_cell("plain") == "plain"
