@@ -22,6 +22,7 @@ from billing.errors import PaymentProviderError, TopUpError
 from billing.forms import CreditsFormField
 from billing.models import (
     AutoRecharge,
+    BalanceAlert,
     Grant,
     GrantCategory,
     GrantSource,
@@ -371,6 +372,13 @@ class AutoRechargeAdmin(ReadOnlyAdmin):
     list_display = ["lab", "enabled", "threshold", "amount_minor", "consecutive_failures"]
     list_filter = ["enabled"]
     search_fields = ["lab__name", "lab__uuid"]
+
+
+@admin.register(BalanceAlert)
+class BalanceAlertAdmin(ReadOnlyAdmin):
+    list_display = ["lab", "project", "threshold", "notified_at", "created_by", "created_at"]
+    list_filter = ["notified_at"]
+    search_fields = ["lab__name", "lab__uuid", "project__name"]
 
 
 @admin.register(LabDebt)

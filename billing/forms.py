@@ -159,3 +159,25 @@ class AutoRechargeForm(forms.Form):
             self.add_error("monthly_cap", "The monthly cap must be at least the amount.")
         data["project"] = self.lab.projects.get(uuid=data["target"]) if data.get("target") else None
         return data
+
+
+class BalanceAlertForm(forms.Form):
+    target = forms.ChoiceField(
+        label="Balance to watch",
+        required=False,
+        error_messages={"invalid_choice": "Choose this lab or one of its projects."},
+    )
+    threshold = CreditsFormField(
+        label="Mail when it falls below (credits)",
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "50"}),
+    )
+
+    def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["target"].choices = _target_choices(lab)
+        self.lab = lab
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        data["project"] = self.lab.projects.get(uuid=data["target"]) if data.get("target") else None
+        return data

@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts.models import Lab, Project, ServiceToken
 from billing.currency import from_minor
 from core.models import TimeStampedModel
-from core.money import MONEY_FIELD
+from core.money import MONEY_FIELD, decimal_plain
 
 
 class AccountType(models.TextChoices):
@@ -500,3 +500,40 @@ class LabDebt(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Debt of {self.lab}: {self.open} of {self.amount}"
+
+
+class BalanceAlert(TimeStampedModel):
+    """A mail to the lab's owners and admins when a balance (the lab's own, or one project's
+    budget) is under `threshold` credits: once, then again only after the balance has been
+    back at or above it (billing/balance_alerts.py)."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    lab = models.ForeignKey(Lab, on_delete=models.CASCADE, related_name="balance_alerts")
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    threshold = models.DecimalField(**MONEY_FIELD)
+    # When the balance was last found under the threshold and the mail queued; None: armed.
+    notified_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(threshold__gte=0), name="balance_alert_threshold"),
+            models.UniqueConstraint(
+                fields=["lab", "project", "threshold"],
+                nulls_distinct=False,
+                name="balance_alert_unique",
+                violation_error_message="This balance already has an alert at that threshold.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        target = f"project {self.project}" if self.project_id else f"lab {self.lab}"
+        return f"Alert under {self.threshold_text} credits on {target}"
+
+    @property
+    def threshold_text(self) -> str:
+        return decimal_plain(self.threshold)  # 12.5, not 12.500000

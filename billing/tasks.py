@@ -6,7 +6,7 @@ import smtplib
 
 from celery import shared_task
 
-from billing import auto_recharge, receipts, sweeps
+from billing import auto_recharge, balance_alerts, receipts, sweeps
 from billing.errors import PaymentProviderError
 from core.tasks import RETRY_ON_DB_ERRORS
 
@@ -58,3 +58,13 @@ def auto_recharge_disabled_mail(setting_id: int) -> bool:
 @shared_task(name="billing.auto_recharge_sweep", **RETRY_ON_DB_ERRORS)
 def auto_recharge_sweep() -> int:
     return auto_recharge.auto_recharge_sweep()
+
+
+@shared_task(name="billing.balance_alerts_sweep", **RETRY_ON_DB_ERRORS)
+def balance_alerts_sweep() -> int:
+    return balance_alerts.balance_alerts_sweep()
+
+
+@shared_task(name="billing.balance_alert_mail", **RETRY_ON_MAIL_ERRORS)
+def balance_alert_mail(alert_id: int, balance: str) -> bool:
+    return balance_alerts.balance_alert_send(alert_id=alert_id, balance=balance)

@@ -1,7 +1,8 @@
-"""The billing pages (balance, top-ups, history, receipts, auto-recharge) and Stripe's webhook.
+"""The billing pages (balance, top-ups, history, receipts, auto-recharge, low-balance alerts)
+and Stripe's webhook.
 
 Every lab member sees the billing page and may top up the lab (paying only adds credits);
-owners and admins set auto-recharge; outsiders get 404 for all of it.
+owners and admins set auto-recharge and alerts; outsiders get 404 for all of it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -21,11 +23,26 @@ from django.views.decorators.http import require_POST
 from accounts import selectors as account_selectors
 from accounts.models import Lab
 from accounts.views import lab_visible
-from billing import auto_recharge, selectors, stripe_events, stripe_gateway, test_mode, topups
+from billing import (
+    auto_recharge,
+    balance_alerts,
+    selectors,
+    stripe_events,
+    stripe_gateway,
+    test_mode,
+    topups,
+)
 from billing.currency import from_minor
 from billing.errors import PaymentProviderError, TopUpError, TopUpNotFoundError
-from billing.forms import AutoRechargeForm, TopUpForm
-from billing.models import AutoRecharge, StripeCustomer, TopUp, TopUpKind, TopUpStatus
+from billing.forms import AutoRechargeForm, BalanceAlertForm, TopUpForm
+from billing.models import (
+    AutoRecharge,
+    BalanceAlert,
+    StripeCustomer,
+    TopUp,
+    TopUpKind,
+    TopUpStatus,
+)
 from billing.views import _errors
 
 
@@ -34,6 +51,15 @@ def _topup_visible(request: HttpRequest, lab: Lab, topup_id: str) -> TopUp:
         return selectors.topup_get(actor=request.user, lab=lab, topup_uuid=topup_id)
     except (TopUpNotFoundError, ValueError) as exc:
         raise Http404("Top-up not found") from exc
+
+
+def _managed_lab(request: HttpRequest, lab_id: str, what: str) -> Lab:
+    """The lab, for its owners and admins; 403 for other members, 404 for outsiders."""
+    lab = lab_visible(request, lab_id)
+    role = account_selectors.membership_role(user=request.user, lab=lab)
+    if not account_selectors.lab_role_can_manage(role):
+        raise PermissionDenied(f"Only the lab's owners and admins {what}.")
+    return lab
 
 
 def _auto_recharge_initial(setting: AutoRecharge | None) -> dict[str, object]:
@@ -54,6 +80,7 @@ def _render_billing(
     *,
     topup_form: TopUpForm | None = None,
     recharge_form: AutoRechargeForm | None = None,
+    alert_form: BalanceAlertForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     role = account_selectors.membership_role(user=request.user, lab=lab)
@@ -78,6 +105,11 @@ def _render_billing(
         or AutoRechargeForm(lab=lab, initial=_auto_recharge_initial(setting)),
         "recharge_errors": _errors(recharge_form) if recharge_form is not None else [],
         "auto_recharge": setting,
+        "alerts": BalanceAlert.objects.filter(lab=lab)
+        .select_related("project")
+        .order_by(F("project__name").asc(nulls_first=True), "project_id", "-threshold"),
+        "alert_form": alert_form or BalanceAlertForm(lab=lab),
+        "alert_errors": _errors(alert_form) if alert_form is not None else [],
         "saved_method": customer.payment_method_label
         if customer is not None and topups.payment_method_usable(customer)
         else "",
@@ -210,12 +242,9 @@ def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpRespo
 def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
     """POST: save the settings; a GET (the address bar after a form error) goes to the
     billing page."""
-    lab = lab_visible(request, lab_id)
     if request.method != "POST":
-        return redirect("lab_billing", lab_id=lab.uuid)
-    role = account_selectors.membership_role(user=request.user, lab=lab)
-    if not account_selectors.lab_role_can_manage(role):
-        raise PermissionDenied("Only the lab's owners and admins set auto-recharge.")
+        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
+    lab = _managed_lab(request, lab_id, "set auto-recharge")
     form = AutoRechargeForm(request.POST, lab=lab)
     if not form.is_valid():
         return _render_billing(request, lab, recharge_form=form, status=400)
@@ -237,6 +266,38 @@ def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
         request,
         "Auto-recharge is on." if data["enabled"] else "Auto-recharge settings saved (off).",
     )
+    return redirect("lab_billing", lab_id=lab.uuid)
+
+
+@login_required
+def lab_alert_add(request: HttpRequest, lab_id: str) -> HttpResponse:
+    """POST: a new low-balance alert; a GET goes to the billing page."""
+    if request.method != "POST":
+        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
+    lab = _managed_lab(request, lab_id, "set alerts")
+    form = BalanceAlertForm(request.POST, lab=lab)
+    if not form.is_valid():
+        return _render_billing(request, lab, alert_form=form, status=400)
+    data = form.cleaned_data
+    try:
+        balance_alerts.alert_add(
+            lab=lab, project=data["project"], threshold=data["threshold"], actor=request.user
+        )
+    except balance_alerts.BalanceAlertError as exc:
+        form.add_error(None, exc.message)
+        return _render_billing(request, lab, alert_form=form, status=400)
+    messages.success(request, "Alert added: you will get a mail when the balance falls below it.")
+    return redirect("lab_billing", lab_id=lab.uuid)
+
+
+@login_required
+def lab_alert_remove(request: HttpRequest, lab_id: str, alert_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
+    lab = _managed_lab(request, lab_id, "remove alerts")
+    if not balance_alerts.alert_remove(lab=lab, alert_uuid=alert_id):
+        raise Http404("Alert not found")
+    messages.success(request, "Alert removed.")
     return redirect("lab_billing", lab_id=lab.uuid)
 
 

@@ -13,6 +13,12 @@ urlpatterns = [
         topup_views.lab_auto_recharge,
         name="lab_auto_recharge",
     ),
+    path("labs/<uuid:lab_id>/billing/alerts/", topup_views.lab_alert_add, name="lab_alert_add"),
+    path(
+        "labs/<uuid:lab_id>/billing/alerts/<uuid:alert_id>/remove/",
+        topup_views.lab_alert_remove,
+        name="lab_alert_remove",
+    ),
     path(
         "labs/<uuid:lab_id>/billing/top-ups/<uuid:topup_id>/test-checkout/",
         topup_views.topup_test_checkout,

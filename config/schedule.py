@@ -49,6 +49,10 @@ def beat_schedule(env: environ.Env) -> dict[str, dict[str, Any]]:
             "task": "billing.auto_recharge_sweep",
             "schedule": env.int("AUTO_RECHARGE_SWEEP_PERIOD", default=60),
         },
+        "balance-alerts-sweep": {
+            "task": "billing.balance_alerts_sweep",
+            "schedule": env.int("BALANCE_ALERTS_SWEEP_PERIOD", default=60),
+        },
         "ledger-audit": {
             "task": "billing.ledger_audit",
             "schedule": env.int("LEDGER_AUDIT_PERIOD", default=86400),
