@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import ServiceToken
@@ -88,6 +88,23 @@ SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s,
  WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
 RETURNING (SELECT remaining FROM cap)
 """
+
+
+def cap_recounted(key_id: int, period_start: datetime | None) -> Decimal:
+    """What a cap that starts counting now, in the period from `period_start` (None: ever),
+    holds as spent, read under the key's row lock: the charges its jobs settled in the period,
+    and the holds of its open jobs that their settlement will take off (_ADJUST takes a hold
+    off only when it was counted in the row's period: its cap_period_start). The other open
+    jobs add their charge when they settle, as if their holds had never been counted."""
+    jobs = KeyJob.objects.filter(key_id=key_id)
+    settled = jobs.filter(settled_at__isnull=False)
+    if period_start is not None:
+        settled = settled.filter(settled_at__gte=period_start)
+    charged = settled.aggregate(total=Sum("charged"))["total"] or Decimal(0)
+    held = jobs.filter(
+        settled_at__isnull=True, released_at__isnull=True, cap_period_start=period_start
+    ).aggregate(total=Sum("cap_held"))["total"]
+    return charged + (held or Decimal(0))
 
 
 def cap_remaining(key_id: int, period: datetime | None) -> Decimal:

@@ -1,7 +1,8 @@
-"""The portal's form for a new API key. It checks the shape of the input (numbers, choices, the
-user's own projects); keys.services.key_settings_validate checks the rest (limits no looser than
-the services' defaults, the cap's amount, the expiry), and its errors land on these fields: each
-field is named like the error's place in KeySettingsError.details (`limits.<scope>.<name>`)."""
+"""The portal's forms for a new API key and for a key's settings. They check the shape of
+the input (numbers, choices, the user's own projects); keys.services.key_settings_validate checks
+the rest (limits no looser than the services' defaults, the cap's amount, the expiry), and its
+errors land on these fields: each field is named like the error's place in
+KeySettingsError.details (`limits.<scope>.<name>`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from django import forms
 from accounts import selectors as account_selectors
 from accounts.models import Project, User
 from billing import selectors as billing_selectors
-from core.money import credits_display
+from core.money import credits_display, decimal_plain
 from keys.errors import KeySettingsError
-from keys.models import ALL_SERVICES, CreditPeriod
+from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
 from keys.services import LIMIT_FIELDS, LIMIT_MAX, KeySettings, key_settings_validate
 from metering.models import Service
 
@@ -208,3 +209,26 @@ class KeyCreateForm(forms.Form):
             what = "Key-wide" if scope == ALL_SERVICES else scope
             return f"{what} {limit.replace('_', ' ')}"
         return str(self.fields[name].label)
+
+
+class KeyEditForm(KeyCreateForm):
+    """The settings of an existing key: everything but its project (and its secret)."""
+
+    def __init__(self, *args: Any, key: ApiKey, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        del self.fields["project"]
+        if self.is_bound:
+            return
+        self.initial.update(
+            name=key.name,
+            service_access=ALL if key.services is None else SOME,
+            services=key.services or [],
+            credit_limit=decimal_plain(key.credit_limit) if key.credit_limit is not None else "",
+            credit_limit_period=key.credit_limit_period,
+            expires_at=key.expires_at,
+        )
+        for limit in key.limits.all():
+            for name in LIMIT_FIELDS:
+                field = limit_field_name(limit.service_slug, name)
+                if field in self.fields:
+                    self.initial[field] = getattr(limit, name)

@@ -1,10 +1,10 @@
 """The key management API, for platforms that provision keys for their users (the end user's
 own view of a key, `GET /api/v1/key`, is keys/self_api.py).
 
-`POST /api/v1/keys`, `GET /api/v1/keys`, `GET|DELETE /api/v1/keys/{id}`: a service token with the
-`keys` scope. A lab-bound token sees and creates keys in its lab's projects only; a global
-(operator) token in every lab's. A key outside the token's reach is a 404, as if it did not exist.
-The full key is in the answer of its creation only.
+`POST /api/v1/keys`, `GET /api/v1/keys`, `GET|PATCH|DELETE /api/v1/keys/{id}`: a service token
+with the `keys` scope. A lab-bound token sees, creates and changes keys in its lab's projects
+only; a global (operator) token in every lab's. A key outside the token's reach is a 404, as
+if it did not exist. The full key is in the answer of its creation only.
 
 Errors have the shape of the rest of /api/v1: `{"error_code", "message", "details"}`.
 """
@@ -39,7 +39,7 @@ from core.errors import InvalidRequestError
 from core.parsers import UnicodeJSONParser
 from keys import selectors
 from keys.models import ApiKey, CreditPeriod
-from keys.services import key_create_for_token, key_revoke
+from keys.services import key_create_for_token, key_patch, key_revoke
 
 SCOPE_SHAPE = re.compile(r"\*|[-a-zA-Z0-9_]{1,64}")
 IDEMPOTENCY_KEY_MAX = 200
@@ -115,6 +115,23 @@ class KeyCreateIn(StrictSerializer):
     )
     credit_limit_period = PeriodField(required=False, default=None)
     expires_at = serializers.DateTimeField(allow_null=True, required=False, default=None)
+
+
+class KeyUpdateIn(StrictSerializer):
+    """PATCH: only the fields given change; the project and the secret never do."""
+
+    name = serializers.CharField(max_length=100, required=False)
+    services = serializers.ListField(
+        child=serializers.SlugField(max_length=64),
+        allow_null=True,
+        allow_empty=True,
+        max_length=100,
+        required=False,
+    )
+    limits = LimitsField(allow_null=True, required=False, help_text="Replaces every limit.")
+    credit_limit = CreditsField(positive=False, allow_null=True, required=False)
+    credit_limit_period = PeriodField(required=False)
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
 
 
 # Output --------------------------------------------------------------------------------------
@@ -287,10 +304,12 @@ class KeyListView(APIView):
 
 
 class KeyDetailView(APIView):
-    """`GET /api/v1/keys/{id}` one key; `DELETE` revokes it (again: the first revocation)."""
+    """`GET /api/v1/keys/{id}` one key; `PATCH` changes its settings; `DELETE` revokes it
+    (again: the first revocation)."""
 
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [KeysScope]
+    parser_classes = [UnicodeJSONParser]  # Decimal amounts; a lone surrogate is a 400
 
     @extend_schema(
         operation_id="api_keys_retrieve",
@@ -301,6 +320,20 @@ class KeyDetailView(APIView):
     )
     def get(self, request: Request, key_id: str) -> Response:
         return Response(_key_out(selectors.key_get(actor=request.auth, key_uuid=key_id)))
+
+    @extend_schema(
+        operation_id="api_keys_update",
+        summary="Change a key's settings (the fields given); in force from the next authorize",
+        parameters=[_KEY_ID],
+        request=KeyUpdateIn,
+        responses={200: KeyOut, **_ERRORS},
+        tags=["keys"],
+    )
+    def patch(self, request: Request, key_id: str) -> Response:
+        key = selectors.key_get(actor=request.auth, key_uuid=key_id)
+        serializer = KeyUpdateIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(_key_out(key_patch(key=key, changes=serializer.validated_data)))
 
     @extend_schema(
         operation_id="api_keys_revoke",

@@ -70,11 +70,16 @@ def key_status(key: ApiKey, now: datetime) -> str:
 
 def key_credit_used(key: ApiKey, now: datetime) -> Decimal:
     """What the key's credit cap counts in its current period: credit_used belongs to the period
-    it was last written in, and a new period starts from zero (no cap: zero)."""
+    it was last written in, and a new period starts from zero (no cap: zero). As the cap's SQL
+    (keys.caps) decides it: only a period that began after the row's resets it (an authorize
+    that read a period kind just changed may have left a later start in the row)."""
     if key.credit_limit is None:
         return ZERO
-    same_period = key.credit_period_start == cap_period_start(key.credit_limit_period, now)
-    return key.credit_used if same_period else ZERO
+    current = cap_period_start(key.credit_limit_period, now)
+    started = key.credit_period_start
+    if current is not None and (started is None or current > started):
+        return ZERO
+    return key.credit_used
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -23,8 +24,10 @@ from accounts.services import membership_remove
 from billing.errors import IdempotencyConflictError
 from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
+from keys.caps import cap_period_start, cap_recounted
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyLimit
+from keys.selectors import key_limits
 from metering.models import Service, ServiceType
 
 LIMIT_FIELDS = ("requests_per_minute", "units_per_minute")
@@ -140,6 +143,13 @@ def _full_key(key: ApiKey, secret: str) -> str:
     return f"{ApiKey.PREFIX}{key.lookup_id}_{secret}"
 
 
+def _name_checked(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise KeySettingsError(details={"name": ["Between 1 and 100 characters."]})
+    return name
+
+
 @transaction.atomic
 def key_create(
     *,
@@ -150,9 +160,7 @@ def key_create(
     created_by_token: ServiceToken | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key and its full value, which is never stored and shown only now."""
-    name = name.strip()
-    if not name or len(name) > 100:
-        raise KeySettingsError(details={"name": ["Between 1 and 100 characters."]})
+    name = _name_checked(name)
     secret = secret_generate()
     key = ApiKey.objects.create(
         project=project,
@@ -171,6 +179,69 @@ def key_create(
         for slug, values in key_settings.limits.items()
     )
     return key, _full_key(key, secret)
+
+
+@transaction.atomic
+def key_update(
+    *, key: ApiKey, name: str, key_settings: KeySettings, now: datetime | None = None
+) -> ApiKey:
+    """Replace a key's name and settings (as key_settings_validate checked them), in force from
+    the next authorize in every process. Its secret, project and usage stay. A cap added, or a
+    cap's period changed, counts what the key already spent in the new period (keys.caps
+    .cap_recounted); a cap's new amount alone keeps what it counted. Only the key's row is
+    locked, as authorize and settlement lock it: an authorize that read the old settings
+    before this commits may still pass under them."""
+    now = now or timezone.now()
+    name = _name_checked(name)
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    _changeable(key, now)
+    limit, period = key_settings.credit_limit, key_settings.credit_limit_period
+    if limit is not None and (key.credit_limit is None or period != key.credit_limit_period):
+        key.credit_period_start = cap_period_start(period, now)
+        key.credit_used = cap_recounted(key.pk, key.credit_period_start)
+    key.name = name
+    key.services = key_settings.services
+    key.credit_limit, key.credit_limit_period = limit, period
+    key.expires_at = key_settings.expires_at
+    key.save(
+        update_fields=[
+            "name", "services", "credit_limit", "credit_limit_period", "credit_used",
+            "credit_period_start", "expires_at", "updated_at",
+        ]
+    )  # fmt: skip
+    key.limits.all().delete()
+    KeyLimit.objects.bulk_create(
+        KeyLimit(key=key, service_slug=slug, **values)
+        for slug, values in key_settings.limits.items()
+    )
+    return key
+
+
+def _changeable(key: ApiKey, now: datetime) -> None:
+    if key.revoked_at is not None:
+        raise KeySettingsError("A revoked key cannot be changed.")
+    if key.expired_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        raise KeySettingsError("An expired key cannot be changed: create a new one.")
+
+
+def key_patch(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
+    """The management API's PATCH: the settings given replace the key's, the others stay
+    (`limits`, when given, replaces every limit). A cap removed (`credit_limit: null`) takes
+    its period with it unless a period is given too."""
+    current = {
+        "name": key.name,
+        "services": key.services,
+        "limits": key_limits(key),
+        "credit_limit": key.credit_limit,
+        "credit_limit_period": key.credit_limit_period,
+        "expires_at": key.expires_at,
+    }
+    _changeable(key, timezone.now())  # before its settings are checked, which it explains
+    if "credit_limit" in changes and changes["credit_limit"] is None:
+        current["credit_limit_period"] = None
+    wanted = {**current, **changes}
+    name = wanted.pop("name")
+    return key_update(key=key, name=name, key_settings=key_settings_validate(**wanted))
 
 
 def key_revoke(*, key: ApiKey, by: User | None = None) -> ApiKey:

@@ -1,10 +1,11 @@
-"""The portal's API keys page: list, create, revoke, rotate.
+"""The portal's API keys page: list, create, edit, revoke, rotate.
 
-Members of a key's lab see it; its creator and the lab's owners and admins revoke and rotate it
-(others get 403, outsiders 404). A full key is rendered once, in the response to the POST that
-made it, with no-store caching; it is never put in the session, a message or a URL. The forms
-that create a key or rotate its secret are one-use (core.once): a reload of the page that shows
-the secret does not make another key or rotate again, it says what the first POST made."""
+Members of a key's lab see it; its creator and the lab's owners and admins edit, revoke and
+rotate it (others get 403, outsiders 404). A full key is rendered once, in the response to the
+POST that made it, with no-store caching; it is never put in the session, a message or a URL.
+The forms that create a key or rotate its secret are one-use (core.once): a reload of the page
+that shows the secret does not make another key or rotate again, it says what the first POST
+made."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from core.money import credits_display
 from core.once import Claim, once_claim, once_token
 from keys import selectors, services
 from keys.errors import KeyNotFoundError, KeySettingsError
-from keys.forms import KeyCreateForm
+from keys.forms import KeyCreateForm, KeyEditForm
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
 from keys.selectors import KeyUsage
 
@@ -289,3 +290,33 @@ def key_rotate(request: HttpRequest, key_id: Any) -> HttpResponse:
         raise
     claim.done(str(key.uuid))
     return _render_secret(request, key, full_key, rotated=True)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_edit(request: HttpRequest, key_id: Any) -> HttpResponse:
+    """GET: the key's settings in the creation form (without the project); POST: save them."""
+    key = _managed_key(request, key_id)
+    status = selectors.key_status(key, timezone.now())
+    if status != "active":
+        messages.error(request, f"{key.name} is {status}: its settings can no longer change.")
+        return redirect("key_list")
+    authorizable = dict(sorted(services.authorizable_services().items()))
+    form = KeyEditForm(
+        request.POST if request.method == "POST" else None,
+        user=request.user,
+        authorizable=authorizable,
+        key=key,
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.key_update(
+                key=key, name=form.cleaned_data["name"], key_settings=form.key_settings
+            )
+        except KeySettingsError as exc:
+            form.add_settings_errors(exc)
+        else:
+            messages.success(request, f"Saved the settings of {form.cleaned_data['name']}.")
+            return redirect("key_list")
+    status_code = 400 if request.method == "POST" else 200
+    return render(request, "app/keys_new.html", {"form": form, "key": key}, status=status_code)

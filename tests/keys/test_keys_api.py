@@ -1,5 +1,6 @@
 """The key management API: POST/GET /api/v1/keys, GET/DELETE /api/v1/keys/{id}, for service
-tokens with the `keys` scope; lab-bound tokens see their lab's keys only."""
+tokens with the `keys` scope; lab-bound tokens see their lab's keys only (PATCH:
+tests/keys/test_key_edit.py)."""
 
 from __future__ import annotations
 
@@ -481,7 +482,7 @@ def test_the_schema_describes_the_key_routes(tmp_path):
     schema = yaml.safe_load(target.read_text())
     paths = schema["paths"]
     assert set(paths["/api/v1/keys"]) == {"get", "post"}
-    assert set(paths["/api/v1/keys/{key_id}"]) == {"get", "delete"}
+    assert set(paths["/api/v1/keys/{key_id}"]) == {"get", "patch", "delete"}
     assert paths["/api/v1/keys"]["post"]["security"] == [{"serviceToken": []}]
     assert paths["/api/v1/key"]["get"]["security"] == [{"endUserKey": []}]
     created = schema["components"]["schemas"]["KeyCreatedOut"]["properties"]
