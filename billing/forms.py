@@ -166,6 +166,8 @@ class BalanceAlertForm(forms.Form):
         label="Balance to watch",
         required=False,
         error_messages={"invalid_choice": "Choose this lab or one of its projects."},
+        help_text="The lab's balance is what is not yet assigned to a project; API keys and jobs"
+        " spend project budgets.",
     )
     threshold = CreditsFormField(
         label="Mail when it falls below (credits)",

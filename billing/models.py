@@ -513,8 +513,10 @@ class BalanceAlert(TimeStampedModel):
         Project, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     threshold = models.DecimalField(**MONEY_FIELD)
-    # When the balance was last found under the threshold and the mail queued; None: armed.
+    # When the balance was last found under the threshold; None: armed.
     notified_at = models.DateTimeField(null=True, blank=True)
+    # When that fall's mail was claimed for sending (None: not yet; the sweep queues it again).
+    mailed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

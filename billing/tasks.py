@@ -66,5 +66,5 @@ def balance_alerts_sweep() -> int:
 
 
 @shared_task(name="billing.balance_alert_mail", **RETRY_ON_MAIL_ERRORS)
-def balance_alert_mail(alert_id: int, balance: str) -> bool:
-    return balance_alerts.balance_alert_send(alert_id=alert_id, balance=balance)
+def balance_alert_mail(alert_id: int, fallen_at: str) -> bool:
+    return balance_alerts.balance_alert_send(alert_id=alert_id, fallen_at=fallen_at)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 
 from accounts.models import Lab
 from metering.models import Job, UsageRollup
@@ -30,9 +30,23 @@ _SUMMARY_GROUP = (
 )  # fmt: skip
 
 
+# One download streams at most this many jobs (about ten seconds on a small server, well
+# inside its worker timeout); a longer window is refused with a pointer to a shorter one or to
+# the summary, rather than cut off.
+MAX_JOBS = 100_000
+
+
+def _jobs(lab: Lab, window: Window) -> QuerySet[Job]:
+    return Job.objects.filter(lab=lab, closed_at__gte=window.start, closed_at__lt=window.end)
+
+
+def jobs_count(lab: Lab, window: Window) -> int:
+    return _jobs(lab, window).count()
+
+
 def jobs_rows(lab: Lab, window: Window) -> Iterator[Sequence[object]]:
     """The lab's jobs closed in the window, oldest first: what each used and was charged."""
-    jobs = Job.objects.filter(lab=lab, closed_at__gte=window.start, closed_at__lt=window.end)
+    jobs = _jobs(lab, window)
     for job in jobs.order_by("closed_at", "id").values(*_JOB_FIELDS).iterator(chunk_size=2000):
         yield (
             job["closed_at"], job["uuid"], job["project__name"], job["project__uuid"],

@@ -94,6 +94,100 @@ def test_alerts_are_unique_per_balance_and_threshold_and_limited_per_lab(cast):
     assert BalanceAlert.objects.filter(lab=cast.lab).count() == MAX_ALERTS_PER_LAB
 
 
+@pytest.mark.django_db
+def test_a_mail_that_could_not_be_queued_is_queued_again_and_sent_once(
+    cast, django_capture_on_commit_callbacks, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing import tasks
+
+    services.lab_top_up(lab=cast.lab, amount="10")
+    alert_add(lab=cast.lab, project=None, threshold="50", actor=cast.alice)
+    alert_add(lab=cast.lab, project=None, threshold="40", actor=cast.alice)
+    queued = tasks.balance_alert_mail.delay
+    calls = []
+
+    def broker_down_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionError("broker unreachable")
+        return queued(*args)
+
+    monkeypatch.setattr(tasks.balance_alert_mail, "delay", broker_down_once)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert balance_alerts_sweep() == 2
+    assert len(calls) == 2 and len(alert_mails()) == 1  # the second was queued all the same
+    with django_capture_on_commit_callbacks(execute=True):
+        assert balance_alerts_sweep() == 0  # not yet: its task may still be on its way
+    assert len(alert_mails()) == 1
+    later = timezone.now() + timedelta(minutes=11)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert balance_alerts_sweep(now=later) == 0
+    assert len(alert_mails()) == 2
+    assert not BalanceAlert.objects.filter(mailed_at__isnull=True).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        balance_alerts_sweep(now=later + timedelta(minutes=11))
+    assert len(alert_mails()) == 2  # each fall mailed once
+
+
+@pytest.mark.django_db
+def test_the_mail_task_sends_once_skips_a_fall_that_is_over_and_retries_a_failed_send(
+    cast, monkeypatch
+):
+    import smtplib
+
+    from billing.balance_alerts import balance_alert_send
+
+    services.lab_top_up(lab=cast.lab, amount="10")
+    alert = alert_add(lab=cast.lab, project=None, threshold="50", actor=cast.alice)
+    balance_alerts_sweep()  # the mail task is not run: called below by hand
+    fallen_at = BalanceAlert.objects.get().notified_at.isoformat()
+
+    def smtp_down(*args, **kwargs):
+        raise smtplib.SMTPServerDisconnected("gone")
+
+    monkeypatch.setattr("billing.balance_alerts.send_mail", smtp_down)
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        balance_alert_send(alert_id=alert.pk, fallen_at=fallen_at)
+    assert BalanceAlert.objects.get().mailed_at is None  # claim given back for the retry
+    monkeypatch.undo()
+    assert balance_alert_send(alert_id=alert.pk, fallen_at=fallen_at) is True
+    assert balance_alert_send(alert_id=alert.pk, fallen_at=fallen_at) is False  # redelivered
+    assert len(alert_mails()) == 1
+
+    services.lab_top_up(lab=cast.lab, amount="100")  # back: armed again by the next sweep
+    balance_alerts_sweep()
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="70")  # 40: falls again
+    balance_alerts_sweep()
+    second = BalanceAlert.objects.get().notified_at.isoformat()
+    assert balance_alert_send(alert_id=alert.pk, fallen_at=fallen_at) is False  # an older fall
+    services.budget_reverse(lab=cast.lab, project=cast.alpha, amount="70")  # 110: over
+    assert balance_alert_send(alert_id=alert.pk, fallen_at=second) is False  # stale news
+    assert len(alert_mails()) == 1
+
+
+@pytest.mark.django_db
+def test_deactivated_admins_get_no_mail_and_another_labs_project_is_refused(
+    cast, django_capture_on_commit_callbacks
+):
+    from billing.balance_alerts import BalanceAlertError, alert_recipients
+
+    admin = user_create(email="dana@example.com", password="dana-pass-12345")
+    membership_add(lab=cast.lab, user=admin, role=Role.ADMIN)
+    admin.is_active = False
+    admin.save()
+    assert alert_recipients(cast.lab) == ["alice@example.com"]
+    from accounts.services import project_create
+
+    charlies = project_create(lab=cast.charlie_lab, name="Charlie's")
+    with pytest.raises(BalanceAlertError, match="one of its own projects"):
+        alert_add(lab=cast.lab, project=charlies, threshold="5", actor=cast.alice)
+    assert not BalanceAlert.objects.exists()
+
+
 # Pages ------------------------------------------------------------------------------------------
 
 

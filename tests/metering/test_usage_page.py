@@ -235,3 +235,26 @@ def test_cells_are_plain_numbers_and_iso_times():
     assert csv_cell(None) == ""
     assert csv_cell("-1+1") == "'-1+1"
     assert csv_cell("plain") == "plain"
+
+
+def test_a_window_with_more_jobs_than_one_download_holds_is_refused_not_cut(
+    client, cast, used, monkeypatch
+):
+    monkeypatch.setattr("metering.usage_views.MAX_JOBS", 2)
+    url = f"/app/labs/{cast.lab.uuid}/usage/"
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.alice)
+        response = client.get(f"{url}jobs.csv?window=24h")
+        assert response.status_code == 302 and response["Location"] == f"{url}?window=24h"
+        page = client.get(response["Location"]).content.decode()
+        assert "Last 24 hours has 3 jobs, more than one download holds (2)" in page
+        assert len(download(client, cast.lab, "summary")) == 3  # the totals still download
+
+
+def test_the_download_is_sent_in_chunks_as_it_is_read(client, cast, used, monkeypatch):
+    monkeypatch.setattr("core.csv_download.ROWS_PER_CHUNK", 2)
+    with time_machine.travel(at(7200), tick=False):
+        client.force_login(cast.alice)
+        response = client.get(f"/app/labs/{cast.lab.uuid}/usage/jobs.csv?window=24h")
+        chunks = [chunk.decode() for chunk in response.streaming_content]
+    assert [chunk.count("\n") for chunk in chunks] == [3, 1]  # header + 2 rows, then 1 row
