@@ -5,7 +5,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    # The job table is the largest: build the indexes without blocking its writes.
+    # The job table is the largest: build the indexes without blocking its writes. A build that
+    # fails leaves an INVALID index: DROP INDEX CONCURRENTLY it, then migrate again.
     atomic = False
 
     dependencies = [

@@ -86,3 +86,34 @@ def test_copy_falls_back_to_selecting_the_key_without_the_clipboard_api(page, li
     assert status.inner_text() in ("Copied.", "Selected: press Ctrl+C (⌘C on a Mac) to copy.")
     selected = key.evaluate("input => input.value.slice(input.selectionStart, input.selectionEnd)")
     assert selected == key.input_value()  # the whole key, ready for Ctrl+C
+
+
+def test_the_creator_changes_a_keys_cap_and_limits_in_place(page, live_server, cast, llm):
+    from keys.services import key_create, key_settings_validate
+
+    key, _ = key_create(
+        project=cast.alpha,
+        name="Before",
+        key_settings=key_settings_validate(services=None, limits=None),
+        created_by=cast.alice,
+    )
+    sign_in(page, live_server, "alice@example.com")
+    page.goto(f"{live_server.url}/app/keys/")
+    page.locator(f"article[data-key='{key.uuid}']").get_by_role("link", name="Edit").click()
+    assert page.locator("select[name=project]").count() == 0  # a key never moves
+    page.fill("input[name=name]", "After")
+    page.fill("input[name='limits.ml-llm.requests_per_minute']", "101")  # looser than 100
+    page.get_by_role("button", name="Save settings").click()
+    assert "At most 100" in page.get_by_role("alert").inner_text()
+    page.fill("input[name='limits.ml-llm.requests_per_minute']", "40")
+    page.fill("input[name=credit_limit]", "7.5")
+    page.select_option("select[name=credit_limit_period]", "weekly")
+    page.get_by_role("button", name="Save settings").click()
+    page.wait_for_url("**/app/keys/")
+    assert page.get_by_text("Saved the settings of After.").is_visible()
+    row = page.locator(f"article[data-key='{key.uuid}']").inner_text()
+    assert "ml-llm: 40 req/min" in row and "7.5" in row
+    key.refresh_from_db()
+    assert (key.name, key.credit_limit, key.credit_limit_period) == (
+        "After", Decimal("7.5"), "weekly",
+    )  # fmt: skip

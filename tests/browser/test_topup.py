@@ -64,3 +64,25 @@ def test_the_outsider_gets_not_found_for_another_labs_billing(page, live_server,
     page.goto(f"{live_server.url}/app/billing/")
     page.wait_for_url(f"**/app/labs/{cast.charlie_lab.uuid}/billing/")
     assert "Alice Lab" not in page.content()
+
+
+def test_an_owner_sets_a_low_balance_alert_and_removes_it(page, live_server, cast):
+    from billing.models import BalanceAlert
+
+    sign_in(page, live_server, "alice@example.com")
+    page.goto(f"{live_server.url}/app/labs/{cast.lab.uuid}/billing/")
+    form = page.get_by_test_id("alert-form")
+    form.locator("select[name=target]").select_option(label="Project Alpha")
+    form.locator("input[name=threshold]").fill("many")
+    form.get_by_role("button", name="Add alert").click()
+    assert "Amount must be a number" in page.get_by_role("alert").inner_text()
+    assert not BalanceAlert.objects.exists()
+    form = page.get_by_test_id("alert-form")
+    form.locator("input[name=threshold]").fill("25")
+    form.get_by_role("button", name="Add alert").click()
+    alert = BalanceAlert.objects.get()
+    row = page.locator(f"tr[data-alert='{alert.uuid}']")
+    assert "Project Alpha" in row.inner_text() and "Armed" in row.inner_text()
+    row.get_by_role("button", name="Remove").click()
+    page.get_by_text("Alert removed.").wait_for()
+    assert not BalanceAlert.objects.exists()
