@@ -7,7 +7,10 @@ owners and admins set auto-recharge and alerts; outsiders get 404 for all of it.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -60,6 +63,25 @@ def _managed_lab(request: HttpRequest, lab_id: str, what: str) -> Lab:
     if not account_selectors.lab_role_can_manage(role):
         raise PermissionDenied(f"Only the lab's owners and admins {what}.")
     return lab
+
+
+def _managed_post(
+    what: str,
+) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """A form's POST for the lab's owners and admins, called with the lab; a GET (the address
+    bar after a form error) goes to the billing page."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @login_required
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, lab_id: str, **kwargs: Any) -> HttpResponse:
+            if request.method != "POST":
+                return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
+            return view(request, _managed_lab(request, lab_id, what), **kwargs)
+
+        return wrapped
+
+    return decorator
 
 
 def _auto_recharge_initial(setting: AutoRecharge | None) -> dict[str, object]:
@@ -238,13 +260,8 @@ def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpRespo
     return render(request, "app/billing_receipt.html", context)
 
 
-@login_required
-def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
-    """POST: save the settings; a GET (the address bar after a form error) goes to the
-    billing page."""
-    if request.method != "POST":
-        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
-    lab = _managed_lab(request, lab_id, "set auto-recharge")
+@_managed_post("set auto-recharge")
+def lab_auto_recharge(request: HttpRequest, lab: Lab) -> HttpResponse:
     form = AutoRechargeForm(request.POST, lab=lab)
     if not form.is_valid():
         return _render_billing(request, lab, recharge_form=form, status=400)
@@ -269,12 +286,8 @@ def lab_auto_recharge(request: HttpRequest, lab_id: str) -> HttpResponse:
     return redirect("lab_billing", lab_id=lab.uuid)
 
 
-@login_required
-def lab_alert_add(request: HttpRequest, lab_id: str) -> HttpResponse:
-    """POST: a new low-balance alert; a GET goes to the billing page."""
-    if request.method != "POST":
-        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
-    lab = _managed_lab(request, lab_id, "set alerts")
+@_managed_post("set alerts")
+def lab_alert_add(request: HttpRequest, lab: Lab) -> HttpResponse:
     form = BalanceAlertForm(request.POST, lab=lab)
     if not form.is_valid():
         return _render_billing(request, lab, alert_form=form, status=400)
@@ -290,11 +303,8 @@ def lab_alert_add(request: HttpRequest, lab_id: str) -> HttpResponse:
     return redirect("lab_billing", lab_id=lab.uuid)
 
 
-@login_required
-def lab_alert_remove(request: HttpRequest, lab_id: str, alert_id: str) -> HttpResponse:
-    if request.method != "POST":
-        return redirect("lab_billing", lab_id=lab_visible(request, lab_id).uuid)
-    lab = _managed_lab(request, lab_id, "remove alerts")
+@_managed_post("remove alerts")
+def lab_alert_remove(request: HttpRequest, lab: Lab, alert_id: str) -> HttpResponse:
     if not balance_alerts.alert_remove(lab=lab, alert_uuid=alert_id):
         raise Http404("Alert not found")
     messages.success(request, "Alert removed.")
