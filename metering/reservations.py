@@ -68,7 +68,9 @@ def reservation_release(
 ) -> tuple[Job, Decimal]:
     """Cancel a job that never started and give back its hold. Returns the job and the amount
     released."""
-    job = Job.objects.select_for_update().select_related("project").get(pk=job.pk)
+    # The job's row only: a lock on its project would block every new job's foreign-key check
+    # there while this waits for the ledger's accounts, which an authorize holds: a deadlock.
+    job = Job.objects.select_for_update(of=("self",)).select_related("project").get(pk=job.pk)
     if job.started_at is not None:
         raise JobAlreadyStartedError()
     if job.cancelled_at is not None:
@@ -118,7 +120,7 @@ def reservations_expire(*, now: datetime | None = None, batch: int = 500) -> int
     while True:
         with transaction.atomic():
             jobs = list(
-                Job.objects.select_for_update(skip_locked=True)
+                Job.objects.select_for_update(skip_locked=True, of=("self",))  # as release
                 .select_related("project")
                 .filter(
                     reservation_expires_at__lte=now,

@@ -268,7 +268,9 @@ def storage_event_record(
     now = timezone.now()
     selectors.price_current(service=service, lab=project.lab, at=at)  # 404 now, not later
     with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=project.pk).first()  # one writer a project
+        # One writer a project; NO KEY, so that new jobs' foreign-key checks on the project
+        # (an authorize holding the ledger's accounts) do not wait for it: no deadlock.
+        Project.objects.select_for_update(no_key=True).filter(pk=project.pk).first()
         intervals = Job.objects.filter(project=project, kind=ServiceType.STORAGE)
         if size and (same := intervals.filter(started_at=at, usage_params__size=size).first()):
             return same  # the same event again

@@ -138,3 +138,53 @@ def test_two_server_processes_share_one_rate_limit(cast, make_key, two_servers):
         for client in clients:
             client.close()
     assert project_balances([cast.alpha])[0].reserved == Decimal("0.60")
+
+
+def test_authorizes_racing_releases_expiries_and_storage_events_never_deadlock(cast, make_key):
+    """Each of these locks a job or its project and then the project's ledger accounts, while
+    an authorize holds those accounts and inserts a job (a foreign-key check on the project)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from keys.caps import key_job_for, key_job_usage_record
+    from metering.models import Job, ServiceType
+    from metering.reservations import reservation_release, reservations_expire
+    from metering.usage import storage_event_record
+    from tests.billing.test_concurrency import run_threads
+    from tests.metering.test_reservations import priced_service
+
+    _, full = make_key()
+    storage = priced_service("storage", ServiceType.STORAGE)
+    token, _ = service_token_create(name="gateway", scopes=[Scope.AUTHORIZE, Scope.USAGE])
+    start = timezone.now()
+
+    def work(index):
+        if index == 0:
+            for _ in range(30):
+                reservations_expire(now=timezone.now() + timedelta(days=1))
+        elif index == 1:
+            for n in range(20):
+                storage_event_record(
+                    project=cast.alpha, service=storage, size=n + 1,
+                    at=start + timedelta(seconds=n),
+                )  # fmt: skip
+        else:
+            for n in range(8):
+                decision = authorize(token=token, raw_key=full, slug="ml-llm", units=100)
+                if decision.code != "allowed":
+                    continue  # expired by the other thread before its usage: not the point
+                job = Job.objects.get(uuid=decision.job_id)
+                try:
+                    if n % 2:
+                        reservation_release(job=job)
+                    else:
+                        key_job_usage_record(
+                            key_job=key_job_for(decision.job_id), units=50, token=token
+                        )
+                except Exception as exc:
+                    if "deadlock" in str(exc):
+                        raise
+        connections.close_all()
+
+    assert run_threads(6, work) == []
