@@ -33,7 +33,7 @@ from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
 from keys import ratelimit
-from keys.caps import cap_period_start, cap_remaining
+from keys.caps import cap_remaining
 from keys.hold_function import CapExceeded, FundsShort, HoldCall, hold_call
 from keys.models import ALL_SERVICES, KeyJob
 from keys.replays import Idempotency, claimed, first_answer
@@ -405,10 +405,9 @@ def _reserve(
     """Job, hold, cap and KeyJob row in one call of keys.hold_function, which commits by
     itself (with the idempotency record, both in one transaction). Returns the refusal, or
     None when all is held."""
-    period = cap_period_start(row.credit_limit_period, now)
     if cost >= MAX_CREDITS:  # no project holds that much; refuse before writing anything
-        if row.credit_limit is not None and cap_remaining(row.id, period) < cost:
-            return _cap_refusal(decision, row, period)  # the cap is checked before the project
+        if row.credit_limit is not None and cap_remaining(row.id, now) < cost:
+            return _cap_refusal(decision, row, now)  # the cap is checked before the project
         return _funds_refusal(decision, cost)
     project = Project(pk=row.project_id, lab_id=row.lab_id)
     job = reservation_job_new(
@@ -427,7 +426,6 @@ def _reserve(
         limited=row.credit_limit is not None,
         slug=slug,
         units=units,
-        period=period,
         token=token,
     )
 
@@ -448,7 +446,7 @@ def _reserve(
             with transaction.atomic():
                 held()
     except CapExceeded:
-        return _cap_refusal(decision, row, period)
+        return _cap_refusal(decision, row, now)
     except FundsShort:
         return _funds_refusal(decision, cost)
     return None
@@ -477,12 +475,12 @@ def _funds_refusal(decision: Decision, cost: Decimal) -> Decision:
     return decision
 
 
-def _cap_refusal(decision: Decision, row: KeyRow, period: datetime | None) -> Decision:
+def _cap_refusal(decision: Decision, row: KeyRow, now: datetime) -> Decision:
     decision.status, decision.code = 402, Code.KEY_CREDIT_LIMIT
     decision.message = "This key's credit limit does not cover the estimated cost."
     decision.credits = {
         "limit": str(row.credit_limit),
-        "remaining": str(max(cap_remaining(row.id, period), Decimal(0))),
+        "remaining": str(max(cap_remaining(row.id, now), Decimal(0))),
     }
     return decision
 

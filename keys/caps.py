@@ -35,59 +35,72 @@ def cap_period_start(period: str, now: datetime) -> datetime | None:
     return None
 
 
-# In each statement, the CASE is credit_used as of %(period)s: nothing yet if %(period)s is newer
-# than the row's period, else what the row holds. A period never moves back: a request that
-# computed yesterday's period and commits after today's first one counts in today's.
-_REMAINING = """
-SELECT credit_limit - CASE WHEN %(period)s::timestamptz > credit_period_start
-                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
-                 THEN 0 ELSE credit_used END
-  FROM keys_apikey WHERE id = %(id)s
-"""
+def _period_start_sql(now: str) -> str:
+    """SQL for the start of the row's cap period at `now` (a parameter), as cap_period_start
+    computes it, from the row's own period kind: decided under the row's lock, so that a kind
+    just changed by an edit (keys.services.key_update) is never mixed with a start computed
+    from the old one. NULL: a cap that never resets."""
+    return f"""(CASE credit_limit_period
+        WHEN 'daily' THEN date_trunc('day', {now}::timestamptz, 'UTC')
+        WHEN 'weekly' THEN date_trunc('week', {now}::timestamptz, 'UTC')
+        WHEN 'monthly' THEN date_trunc('month', {now}::timestamptz, 'UTC') END)"""
+
+
+def _used_sql(period: str) -> str:
+    """credit_used as of `period`: nothing yet if `period` began after the row's period, else
+    what the row holds. A period never moves back: a request that computed yesterday's period
+    and commits after today's first one counts in today's."""
+    return f"""CASE WHEN {period} > credit_period_start
+                   OR (credit_period_start IS NULL AND {period} IS NOT NULL)
+                 THEN 0 ELSE credit_used END"""
+
+
+_NOW = _period_start_sql("%(now)s")
+_AT = _period_start_sql("%(at)s")
+
+_REMAINING = f"""
+SELECT credit_limit - {_used_sql(_NOW)} FROM keys_apikey WHERE id = %(id)s
+"""  # noqa: S608
 
 # Replaces a job's hold by its charge. The hold is taken off only if the row is still in the
 # period the hold was counted in (%(held_in)s); after a new period began, the charge alone counts
 # in it. Decided under the row's lock, not from a clock read before waiting for it.
-_ADJUST = """
+_ADJUST = f"""
 UPDATE keys_apikey
-   SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
-                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
-                 THEN 0 ELSE credit_used END
-                 + CASE WHEN GREATEST(credit_period_start, %(period)s::timestamptz)
+   SET credit_used = {_used_sql(_NOW)}
+                 + CASE WHEN GREATEST(credit_period_start, {_NOW})
                              IS NOT DISTINCT FROM %(held_in)s::timestamptz
                         THEN %(charged)s - %(held)s ELSE %(charged)s END,
-       credit_period_start = GREATEST(credit_period_start, %(period)s::timestamptz)
+       credit_period_start = GREATEST(credit_period_start, {_NOW})
  WHERE id = %(id)s AND credit_limit IS NOT NULL
-"""
+"""  # noqa: S608
 
 
 # Counts the hold against the cap (keys with one: `limited`) and records the job as the key's,
 # in one statement, or writes nothing when the cap does not cover the amount. It runs last in
 # keys.hold_function: after the job's INSERT (which it reads) and the ledger's account locks,
-# so that the key's row is locked after the accounts, as settling a job locks them.
-CAP_AND_KEY_JOB = """
+# so that the key's row is locked after the accounts, as settling a job locks them. A cap
+# removed since the key was read (credit_limit NULL) no longer refuses.
+CAP_AND_KEY_JOB = f"""
 WITH cap AS (
     UPDATE keys_apikey
-       SET credit_used = CASE WHEN %(period)s::timestamptz > credit_period_start
-                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
-                 THEN 0 ELSE credit_used END + %(held)s,
-           credit_period_start = GREATEST(credit_period_start, %(period)s::timestamptz)
+       SET credit_used = {_used_sql(_AT)} + %(held)s,
+           credit_period_start = GREATEST(credit_period_start, {_AT})
      WHERE id = %(key)s AND %(limited)s
-       AND CASE WHEN %(period)s::timestamptz > credit_period_start
-                   OR (credit_period_start IS NULL AND %(period)s::timestamptz IS NOT NULL)
-                 THEN 0 ELSE credit_used END + %(held)s <= credit_limit
+       AND (credit_limit IS NULL OR {_used_sql(_AT)} + %(held)s <= credit_limit)
     RETURNING credit_limit - credit_used AS remaining, credit_period_start AS counted_in
 )
 INSERT INTO keys_keyjob
        (job_id, key_id, service_slug, estimated_units, cap_held, cap_period_start, created_at,
         request_fingerprint)
 SELECT job.id, %(key)s, %(slug)s, %(units)s, %(held)s,
-       CASE WHEN %(limited)s THEN (SELECT counted_in FROM cap) ELSE %(period)s::timestamptz END,
+       CASE WHEN %(limited)s THEN (SELECT counted_in FROM cap)
+            ELSE (SELECT {_AT} FROM keys_apikey WHERE id = %(key)s) END,
        %(at)s, ''
   FROM metering_job job
  WHERE job.uuid = %(job)s AND (NOT %(limited)s OR EXISTS (SELECT FROM cap))
 RETURNING (SELECT remaining FROM cap)
-"""
+"""  # noqa: S608
 
 
 def cap_recounted(key_id: int, period_start: datetime | None) -> Decimal:
@@ -107,21 +120,18 @@ def cap_recounted(key_id: int, period_start: datetime | None) -> Decimal:
     return charged + (held or Decimal(0))
 
 
-def cap_remaining(key_id: int, period: datetime | None) -> Decimal:
-    rows = execute_prepared(
-        _REMAINING,
-        {"id": key_id, "period": period},
-    )
+def cap_remaining(key_id: int, now: datetime) -> Decimal:
+    rows = execute_prepared(_REMAINING, {"id": key_id, "now": now})
     return rows[0][0] if rows and rows[0][0] is not None else Decimal(0)
 
 
-def _cap_adjust(key_job: KeyJob, charged: Decimal, now: datetime, period_kind: str) -> None:
+def _cap_adjust(key_job: KeyJob, charged: Decimal, now: datetime) -> None:
     """Replace the job's hold by what it was charged (see _ADJUST)."""
     execute_prepared(
         _ADJUST,
         {
             "id": key_job.key_id,
-            "period": cap_period_start(period_kind, now),
+            "now": now,
             "held_in": key_job.cap_period_start,
             "held": key_job.cap_held,
             "charged": charged,
@@ -137,7 +147,7 @@ def key_job_settle(*, key_job: KeyJob, units: int, charged: Decimal) -> KeyJob:
     if key_job.settled_at is not None:
         return key_job
     now = timezone.now()
-    _cap_adjust(key_job, charged, now, key_job.key.credit_limit_period)
+    _cap_adjust(key_job, charged, now)
     key_job.units, key_job.charged, key_job.settled_at = units, charged, now
     key_job.save(update_fields=["units", "charged", "settled_at"])
     return key_job
@@ -160,11 +170,11 @@ def key_jobs_release(*, now: datetime | None = None, batch: int = 500) -> int:
         )
         for key_job in key_jobs:
             if key_job.job.cancelled_at is not None:
-                _cap_adjust(key_job, Decimal(0), now, key_job.key.credit_limit_period)
+                _cap_adjust(key_job, Decimal(0), now)
                 key_job.released_at = now
             else:
                 charged = key_job.job.charged_amount
-                _cap_adjust(key_job, charged, now, key_job.key.credit_limit_period)
+                _cap_adjust(key_job, charged, now)
                 key_job.units = int((key_job.job.usage_params or {}).get("count") or 0)
                 key_job.charged, key_job.settled_at = charged, now
             done += 1

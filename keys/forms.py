@@ -18,7 +18,14 @@ from billing import selectors as billing_selectors
 from core.money import credits_display, decimal_plain
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
-from keys.services import LIMIT_FIELDS, LIMIT_MAX, KeySettings, key_settings_validate
+from keys.selectors import key_limits
+from keys.services import (
+    LIMIT_FIELDS,
+    LIMIT_MAX,
+    KeySettings,
+    key_named_services,
+    key_settings_validate,
+)
 from metering.models import Service
 
 ALL, SOME = "all", "some"
@@ -96,6 +103,7 @@ class KeyCreateForm(forms.Form):
     )
 
     key_settings: KeySettings  # set by clean() when the settings pass
+    kept: frozenset[str] = frozenset()  # services no longer offered that an edited key names
 
     def __init__(self, *args: Any, user: User, authorizable: dict[str, Service], **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -154,7 +162,7 @@ class KeyCreateForm(forms.Form):
         if data.get("service_access") == SOME and "services" in data and not data["services"]:
             self.add_error("services", "Check at least one service, or allow all services.")
         try:
-            self.key_settings = key_settings_validate(**self._settings_input())
+            self.key_settings = key_settings_validate(**self._settings_input(), kept=self.kept)
         except KeySettingsError as exc:
             self.add_settings_errors(exc)
         return data
@@ -212,11 +220,14 @@ class KeyCreateForm(forms.Form):
 
 
 class KeyEditForm(KeyCreateForm):
-    """The settings of an existing key: everything but its project (and its secret)."""
+    """The settings of an existing key: everything but its project (and its secret). Services
+    it names that are no longer offered have no field here; they stay as they are."""
 
     def __init__(self, *args: Any, key: ApiKey, **kwargs: Any):
         super().__init__(*args, **kwargs)
         del self.fields["project"]
+        self.key = key
+        self.kept = frozenset(key_named_services(key) - set(self.authorizable))
         if self.is_bound:
             return
         self.initial.update(
@@ -232,3 +243,21 @@ class KeyEditForm(KeyCreateForm):
                 field = limit_field_name(limit.service_slug, name)
                 if field in self.fields:
                     self.initial[field] = getattr(limit, name)
+
+    def kept_services(self) -> list[str]:
+        return sorted(self.kept)
+
+    def _settings_input(self) -> dict[str, Any]:
+        wanted = super()._settings_input()
+        if wanted["services"] is not None:
+            wanted["services"] = sorted(
+                set(wanted["services"]) | (set(self.key.services or []) & self.kept)
+            )
+        kept_limits = {
+            slug: values for slug, values in key_limits(self.key).items() if slug in self.kept
+        }
+        wanted["limits"] = {**wanted["limits"], **kept_limits}
+        stored, given = self.key.expires_at, wanted["expires_at"]
+        if stored is not None and given == stored.replace(second=0, microsecond=0):
+            wanted["expires_at"] = stored  # the field shows minutes: unchanged, not moved earlier
+        return wanted

@@ -6,7 +6,6 @@ like metering's."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 
 from accounts.models import ServiceToken
@@ -37,7 +36,6 @@ def function_sql() -> str:
             "slug": "p_slug",
             "units": "p_units",
             "held": "p_cap_held",
-            "period": "p_period",
             "at": "p_at",
             "job": "p_job",
         },
@@ -47,8 +45,7 @@ def function_sql() -> str:
 CREATE OR REPLACE FUNCTION {FUNCTION}(
     p_job_row jsonb, p_job uuid, p_project bigint, p_amount numeric, p_entry uuid,
     p_actor_user bigint, p_actor_token bigint, p_at timestamptz,
-    p_key bigint, p_limited boolean, p_slug text, p_units bigint, p_cap_held numeric,
-    p_period timestamptz
+    p_key bigint, p_limited boolean, p_slug text, p_units bigint, p_cap_held numeric
 ) RETURNS numeric LANGUAGE plpgsql AS $function$
 DECLARE
     hold record;
@@ -77,7 +74,7 @@ def functions() -> tuple[list[str], str]:
 
 
 _CALL = f"""SELECT {FUNCTION}({reserve_sql.HOLD_ARGUMENTS},
-       %(key)s, %(limited)s, %(slug)s, %(units)s, %(cap_held)s, %(period)s)"""
+       %(key)s, %(limited)s, %(slug)s, %(units)s, %(cap_held)s)"""
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,6 @@ class HoldCall:
     limited: bool
     slug: str
     units: int
-    period: datetime | None
     token: ServiceToken
 
 
@@ -101,7 +97,6 @@ def hold_call(call: HoldCall) -> Decimal | None:
         "slug": call.slug,
         "units": call.units,
         "cap_held": call.job.reserved_amount if call.limited else Decimal(0),
-        "period": call.period,
     }
     (remaining,) = reserve_sql.function_call(
         _CALL,

@@ -84,7 +84,10 @@ class PeriodField(serializers.ChoiceField):
     """A credit cap's period (one schema, not an enum component per field)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(choices=CreditPeriod.choices, allow_null=True, **kwargs)
+        super().__init__(choices=CreditPeriod.choices, allow_null=True, allow_blank=True, **kwargs)
+
+    def to_internal_value(self, data: Any) -> Any:
+        return None if data == "" else super().to_internal_value(data)  # "" is null, as on the form
 
 
 class KeyCreateIn(StrictSerializer):

@@ -215,7 +215,7 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
     available = budget
     if key.credit_limit is not None:
         period = cap_period_start(key.credit_limit_period, now)
-        remaining = cap_remaining(key.pk, period)
+        remaining = cap_remaining(key.pk, now)
         cap = {
             "limit": str(key.credit_limit),
             "period": key.credit_limit_period or None,

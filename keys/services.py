@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid as uuid_lib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -75,8 +75,11 @@ def key_settings_validate(
     credit_limit_period: str | None = None,
     expires_at: datetime | None = None,
     now: datetime | None = None,
+    kept: Collection[str] = (),
 ) -> KeySettings:
-    """Checked settings, or KeySettingsError listing every problem at once."""
+    """Checked settings, or KeySettingsError listing every problem at once. `kept`: services a
+    key being edited already names that are no longer offered; they stay as they are, unchecked
+    (a service switched off must not make its keys uneditable, nor lose their limits)."""
     errors: dict[str, list[str]] = {}
     now = now or timezone.now()
     wanted = set(services or []) | {slug for slug in (limits or {}) if slug != ALL_SERVICES}
@@ -84,13 +87,13 @@ def key_settings_validate(
     if services is not None:
         if not services:
             errors["services"] = ["Give at least one service, or null for all."]
-        unknown = sorted(set(services) - set(known))
+        unknown = sorted(set(services) - set(known) - set(kept))
         if unknown:
             errors.setdefault("services", []).append(f"Unknown service(s): {', '.join(unknown)}.")
     cleaned_limits: dict[str, dict[str, int | None]] = {}
     for slug, given in (limits or {}).items():
         where = f"limits.{slug}"
-        if slug != ALL_SERVICES and slug not in known:
+        if slug != ALL_SERVICES and slug not in known and slug not in kept:
             errors.setdefault(where, []).append("Unknown service.")
             continue
         if services is not None and slug != ALL_SERVICES and slug not in services:
@@ -224,10 +227,21 @@ def _changeable(key: ApiKey, now: datetime) -> None:
         raise KeySettingsError("An expired key cannot be changed: create a new one.")
 
 
+def key_named_services(key: ApiKey) -> set[str]:
+    """The services a key names: in its list of allowed ones, or in its limits."""
+    return set(key.services or []) | {
+        limit.service_slug for limit in key.limits.all() if limit.service_slug != ALL_SERVICES
+    }
+
+
+@transaction.atomic
 def key_patch(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
     """The management API's PATCH: the settings given replace the key's, the others stay
     (`limits`, when given, replaces every limit). A cap removed (`credit_limit: null`) takes
-    its period with it unless a period is given too."""
+    its period with it unless a period is given too. The key is read under its lock, so two
+    patches of different fields both stay."""
+    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    _changeable(key, timezone.now())  # before its settings are checked, which it explains
     current = {
         "name": key.name,
         "services": key.services,
@@ -236,12 +250,12 @@ def key_patch(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
         "credit_limit_period": key.credit_limit_period,
         "expires_at": key.expires_at,
     }
-    _changeable(key, timezone.now())  # before its settings are checked, which it explains
     if "credit_limit" in changes and changes["credit_limit"] is None:
         current["credit_limit_period"] = None
     wanted = {**current, **changes}
     name = wanted.pop("name")
-    return key_update(key=key, name=name, key_settings=key_settings_validate(**wanted))
+    key_settings = key_settings_validate(**wanted, kept=key_named_services(key))
+    return key_update(key=key, name=name, key_settings=key_settings)
 
 
 def key_revoke(*, key: ApiKey, by: User | None = None) -> ApiKey:

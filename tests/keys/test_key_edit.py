@@ -273,6 +273,8 @@ def test_cap_changes_racing_authorizes_and_settlements_leave_the_count_exact(cas
     from keys.models import KeyJob
     from tests.billing.test_concurrency import run_threads
 
+    clock = time_machine.travel(JAN_20, tick=True)  # day, week and month begin apart
+    clock.start()
     key, full = make_key(credit_limit="1000", credit_limit_period="monthly")
     token, _ = service_token_create(name="gateway", scopes=[Scope.AUTHORIZE, Scope.USAGE])
     working = threading.Event()
@@ -303,3 +305,115 @@ def test_cap_changes_racing_authorizes_and_settlements_leave_the_count_exact(cas
         KeyJob.objects.filter(key=key, settled_at__gte=start).values_list("charged", flat=True)
     )
     assert key_credit_used(key, timezone.now()) == charged
+    clock.stop()
+
+
+@pytest.mark.parametrize("new_period", ["weekly", "monthly", None])
+def test_an_authorize_that_read_the_old_period_counts_in_the_new_one(gateway, make_key, new_period):
+    from accounts.services import service_token_create
+    from keys.authorize import authorize as decide
+    from keys.authorize import key_read
+
+    token, _ = service_token_create(name="gw", scopes=[Scope.AUTHORIZE, Scope.USAGE])
+    with time_machine.travel(JAN_20, tick=True):
+        key, full = make_key(credit_limit="5", credit_limit_period="daily")
+        settle(gateway, authorize(gateway, full, units=300).json()["job_id"], 300)  # 3.00
+        read = key_read(full, "ml-llm")  # in flight: it read the daily cap
+        key_patch(key=key, changes={"credit_limit_period": new_period})
+        stale = decide(token=token, raw_key=full, slug="ml-llm", units=100, read=read)
+        assert stale.code == "allowed"
+        assert used(key) == Decimal("4")  # 3 recounted + 1 held, not a fresh period
+        assert authorize(gateway, full, units=300).json()["code"] == "key_credit_limit"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_release_racing_a_period_change_counts_nothing_twice(gateway, make_key, monkeypatch):
+    import threading
+
+    from django.db import connection
+
+    from keys import caps
+    from metering.models import Job
+    from metering.reservations import reservation_release
+
+    with time_machine.travel(JAN_20, tick=True):
+        key, full = make_key(credit_limit="5", credit_limit_period="daily")
+        settle(gateway, authorize(gateway, full, units=300).json()["job_id"], 300)  # 3.00
+        job_id = authorize(gateway, full, units=100).json()["job_id"]  # holds 1.00
+        reservation_release(job=Job.objects.get(uuid=job_id))
+        adjust = caps._cap_adjust
+
+        def edited_meanwhile(*args, **kwargs):
+            def edit():
+                try:
+                    key_patch(key=key, changes={"credit_limit_period": "weekly"})
+                finally:
+                    connection.close()
+
+            thread = threading.Thread(target=edit)
+            thread.start()
+            thread.join(30)
+            return adjust(*args, **kwargs)
+
+        monkeypatch.setattr(caps, "_cap_adjust", edited_meanwhile)
+        assert caps.key_jobs_release() == 1
+        assert used(key) == Decimal("3")  # the week's charge; the released hold never counted
+
+
+def test_a_cap_removed_while_an_authorize_was_in_flight_does_not_refuse_it(gateway, make_key):
+    from accounts.services import service_token_create
+    from keys.authorize import authorize as decide
+    from keys.authorize import key_read
+
+    token, _ = service_token_create(name="gw", scopes=[Scope.AUTHORIZE])
+    key, full = make_key(credit_limit="0.5")
+    read = key_read(full, "ml-llm")
+    key_patch(key=key, changes={"credit_limit": None})
+    assert decide(token=token, raw_key=full, slug="ml-llm", units=100, read=read).allowed
+
+
+def test_two_patches_of_different_fields_both_stay(make_key):
+    key, _ = make_key(credit_limit="100")
+    stale = ApiKey.objects.get(pk=key.pk)  # what another request's view read
+    key_patch(key=key, changes={"credit_limit": "1"})
+    key_patch(key=stale, changes={"name": "renamed"})
+    key.refresh_from_db()
+    assert (key.name, key.credit_limit) == ("renamed", Decimal("1"))
+
+
+def test_services_no_longer_offered_stay_as_they_are(client, cast, make_key, keys_token):
+    from metering.models import Service
+
+    priced_service("ml-other")
+    key, _ = make_key(
+        services=["ml-llm", "ml-other"], limits={"ml-other": {"units_per_minute": 10}}
+    )
+    Service.objects.filter(slug="ml-other").update(is_active=False)
+    assert patch(keys_token, key, name="renamed").status_code == 200
+    client.force_login(cast.alice)
+    page = client.get(edit_url(key)).content.decode()
+    assert "Kept as they are: ml-other (no longer offered)." in page
+    data = form_data(service_access="some", services=["ml-llm"])
+    assert client.post(edit_url(key), data).status_code == 302
+    key.refresh_from_db()
+    assert key.services == ["ml-llm", "ml-other"]
+    assert list(key.limits.values_list("service_slug", "units_per_minute")) == [("ml-other", 10)]
+    response = patch(keys_token, key, services=["ml-llm", "ml-gone"])  # never offered: refused
+    assert response.status_code == 400 and "ml-gone" in str(response.json()["details"])
+
+
+def test_saving_the_form_unchanged_keeps_the_exact_expiry(client, cast, make_key):
+    expiry = (timezone.now() + timedelta(days=3)).replace(second=45, microsecond=123456)
+    key, _ = make_key(expires_at=expiry)
+    client.force_login(cast.alice)
+    shown = client.get(edit_url(key)).context["form"]["expires_at"].value()
+    data = form_data(name="gateway key", expires_at=shown.strftime("%Y-%m-%dT%H:%M"))
+    assert client.post(edit_url(key), data).status_code == 302
+    key.refresh_from_db()
+    assert key.expires_at == expiry
+
+
+def test_an_empty_period_in_a_patch_means_none(keys_token, make_key):
+    key, _ = make_key(credit_limit="3", credit_limit_period="daily")
+    response = patch(keys_token, key, credit_limit_period="")
+    assert response.status_code == 200 and response.json()["credit_limit_period"] is None
