@@ -223,6 +223,11 @@ def topup_credit(*, topup: TopUp, payment: Payment) -> bool:
     links_record(topup=topup, payment=payment)
     if topup.status in CREDITED_STATUSES:
         return False
+    if topup.refunded_minor or topup.disputed_minor:
+        # Its refund arrived first, so the take-back below locks every account of the lab:
+        # lock them now, in their id order, before the grant locks the project's budget alone
+        # (taking the lab's account after it would deadlock with a budget move).
+        services.lab_accounts_lock(topup.lab)
     topup.grant = _credit_grant(topup)
     topup.status = TopUpStatus.PAID
     topup.paid_at = timezone.now()

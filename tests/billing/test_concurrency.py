@@ -11,7 +11,7 @@ from accounts.services import lab_create, project_create
 from billing import services
 from billing.audit import ledger_audit
 from billing.errors import BudgetError
-from billing.models import EntryType, Grant, JournalEntry
+from billing.models import EntryType, Grant, JournalEntry, TopUp, TopUpStatus
 from billing.selectors import lab_balance
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,4 +85,48 @@ def test_the_same_top_up_sent_twenty_times_at_once_credits_once():
     assert Grant.objects.filter(lab=lab).count() == 1
     assert JournalEntry.objects.filter(type=EntryType.TOP_UP).count() == 1
     assert lab_balance(lab).balance == Decimal("25")
+    assert ledger_audit() == []
+
+
+def test_a_project_top_up_refunded_before_it_was_paid_races_budget_moves_without_deadlock(
+    cast, stripe_fake
+):
+    """Its payment grants the project's budget, then takes the refund back from the whole lab
+    (lab_accounts_lock): the lab's account must be locked first, as budget moves lock it."""
+    from django.test import Client
+
+    from tests.billing import stripe_fake as fake
+    from tests.billing.test_stripe_webhook import start
+
+    services.lab_top_up(lab=cast.lab, amount="5000")
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="500")
+    paid = threading.Event()
+
+    def work(index):
+        if index == 0:
+            client = Client()
+            for _ in range(15):
+                topup = start(cast, amount="20", project=cast.alpha)
+                intent = f"pi_{topup.uuid.hex[:12]}"
+                stripe_fake.put(fake.session(topup, intent=intent))
+                charge = fake.charge(
+                    topup, refunded_minor=500, intent=intent, charge_id=f"ch_{topup.uuid.hex[:12]}"
+                )
+                fake.deliver(client, fake.event("charge.refunded", stripe_fake.put(charge)))
+                completed = fake.event(
+                    "checkout.session.completed", fake.session(topup, intent=intent)
+                )
+                assert fake.deliver(client, completed).status_code == 200
+            paid.set()
+            return
+        n = 0
+        while not paid.is_set():
+            n += 1
+            if (n + index) % 2:
+                services.budget_assign(lab=cast.lab, project=cast.alpha, amount="0.01")
+            else:
+                services.budget_reverse(lab=cast.lab, project=cast.alpha, amount="0.01")
+
+    assert run_threads(4, work) == []
+    assert set(TopUp.objects.values_list("status", flat=True)) == {TopUpStatus.PAID}
     assert ledger_audit() == []
