@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import ServiceToken
 from core.db import execute_prepared
 from keys import ratelimit
-from keys.models import ALL_SERVICES, CreditPeriod, KeyJob
+from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyJob
 from metering import usage
 from metering.models import Job
 
@@ -103,6 +103,14 @@ RETURNING (SELECT remaining FROM cap)
 """  # noqa: S608
 
 
+def keys_locked(keys: QuerySet[ApiKey]) -> list[int]:
+    """Lock these keys' rows in id order, as every statement that changes several keys must
+    (one in its scan order and another in its own would deadlock); NO KEY, so that new
+    KeyJobs' foreign-key checks on them do not wait. Returns their ids."""
+    locked = keys.order_by("pk").select_for_update(no_key=True, of=("self",))
+    return list(locked.values_list("pk", flat=True))
+
+
 def cap_recounted(key_id: int, period_start: datetime | None) -> Decimal:
     """What a cap that starts counting now, in the period from `period_start` (None: ever),
     holds as spent, read under the key's row lock: the charges its jobs settled in the period,
@@ -143,7 +151,9 @@ def _cap_adjust(key_job: KeyJob, charged: Decimal, now: datetime) -> None:
 def key_job_settle(*, key_job: KeyJob, units: int, charged: Decimal) -> KeyJob:
     """Record the job's actual units and charge, and move the key's cap from the hold to the
     charge. A settled job is left as it is (the caller checked the replay)."""
-    key_job = KeyJob.objects.select_for_update().select_related("key").get(pk=key_job.pk)
+    key_job = (
+        KeyJob.objects.select_for_update(of=("self",)).select_related("key").get(pk=key_job.pk)
+    )
     if key_job.settled_at is not None:
         return key_job
     now = timezone.now()
@@ -168,6 +178,7 @@ def key_jobs_release(*, now: datetime | None = None, batch: int = 500) -> int:
             .filter(Q(job__cancelled_at__isnull=False) | Q(job__closed_at__isnull=False))
             .order_by("created_at")[:batch]
         )
+        keys_locked(ApiKey.objects.filter(pk__in={key_job.key_id for key_job in key_jobs}))
         for key_job in key_jobs:
             if key_job.job.cancelled_at is not None:
                 _cap_adjust(key_job, Decimal(0), now)

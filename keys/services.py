@@ -24,7 +24,7 @@ from accounts.services import membership_remove
 from billing.errors import IdempotencyConflictError
 from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
-from keys.caps import cap_period_start, cap_recounted
+from keys.caps import cap_period_start, cap_recounted, keys_locked
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyLimit
 from keys.selectors import key_limits
@@ -275,7 +275,10 @@ def member_remove(*, lab: Lab, user: User, by: User) -> int:
     no longer theirs to spend. Returns how many keys it revoked."""
     membership_remove(lab=lab, user=user, by=by)
     now = timezone.now()
-    return ApiKey.objects.filter(project__lab=lab, created_by=user, revoked_at__isnull=True).update(
+    theirs = keys_locked(
+        ApiKey.objects.filter(project__lab=lab, created_by=user, revoked_at__isnull=True)
+    )
+    return ApiKey.objects.filter(pk__in=theirs).update(
         revoked_at=now, revoked_by=by, updated_at=now
     )
 
@@ -301,9 +304,13 @@ def keys_expire(*, now: datetime | None = None) -> int:
     """Mark keys past their expiry (authorize refuses them already; this is for lists and
     audits). Safe to run twice."""
     now = now or timezone.now()
-    return ApiKey.objects.filter(
-        expires_at__lte=now, expired_at__isnull=True, revoked_at__isnull=True
-    ).update(expired_at=now, updated_at=now)
+    with transaction.atomic():
+        due = keys_locked(
+            ApiKey.objects.filter(
+                expires_at__lte=now, expired_at__isnull=True, revoked_at__isnull=True
+            )
+        )
+        return ApiKey.objects.filter(pk__in=due).update(expired_at=now, updated_at=now)
 
 
 # Create, once (POST /api/v1/keys) ------------------------------------------------------------

@@ -3,6 +3,7 @@ PostgreSQL and Redis. A budget or a rate limit that concurrent requests can over
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -188,3 +189,37 @@ def test_authorizes_racing_releases_expiries_and_storage_events_never_deadlock(c
         connections.close_all()
 
     assert run_threads(6, work) == []
+
+
+def test_two_releases_adjust_their_keys_in_id_order(cast, make_key, monkeypatch):
+    """Run A's batch holds key 2's job then key 1's, run B's key 1's then key 2's (by when they
+    were made). Each pauses after its first adjustment until the other gets there too: in
+    batch order that is a deadlock; with the keys locked in id order first, B waits for A."""
+    import threading
+
+    from keys import caps
+    from metering.models import Job
+    from metering.reservations import reservation_release
+    from tests.billing.test_concurrency import run_threads
+
+    first, full_1 = make_key(name="one", credit_limit="100")
+    second, full_2 = make_key(name="two", credit_limit="100")
+    assert first.pk < second.pk
+    token, _ = service_token_create(name="gateway", scopes=[Scope.AUTHORIZE])
+    for full in (full_2, full_1, full_1, full_2):
+        decision = authorize(token=token, raw_key=full, slug="ml-llm", units=100)
+        reservation_release(job=Job.objects.get(uuid=decision.job_id))
+    both_adjusted_once = threading.Barrier(2, timeout=3)
+    adjust, adjusted = caps._cap_adjust, threading.local()
+
+    def pausing(*args, **kwargs):
+        adjust(*args, **kwargs)
+        if not getattr(adjusted, "once", False):
+            adjusted.once = True
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_adjusted_once.wait()
+
+    monkeypatch.setattr(caps, "_cap_adjust", pausing)
+    assert run_threads(2, lambda _: caps.key_jobs_release(batch=2)) == []
+    assert not KeyJob.objects.filter(released_at__isnull=True).exists()
+    assert set(ApiKey.objects.values_list("credit_used", flat=True)) == {Decimal(0)}
