@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
@@ -143,8 +143,17 @@ def usage_rollup(*, now: datetime | None = None) -> int:
     return _rebuilt(start, end)
 
 
+# Two runs at once (an overlapping beat, two workers) would delete and insert the same rows.
+_ONE_RUN = "SELECT pg_try_advisory_xact_lock(hashtextextended('metering.usage_rollup', 0))"
+
+
 @transaction.atomic
 def _rebuilt(start: datetime, end: datetime) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(_ONE_RUN)
+        if not cursor.fetchone()[0]:
+            logger.info("usage_rollup: another run is building; this one skips")
+            return 0
     transaction.on_commit(lambda: _built(end))
     hourly = _hourly(start, end)
     UsageRollup.objects.filter(

@@ -1,5 +1,6 @@
 """Usage rollups: hourly and daily sums rebuilt from the journal, jobs and batch events."""
 
+import contextlib
 from datetime import timedelta
 from decimal import Decimal
 
@@ -100,3 +101,33 @@ def test_after_a_worker_outage_the_next_run_builds_the_hours_it_missed(
     hourly = rollups(RollupPeriod.HOUR)
     assert hourly[(T0 + timedelta(hours=1), cast.alpha.pk, "ml-llm")] == (D("0.02"), 1, 1, 2000)
     assert rollups(RollupPeriod.DAY)[(T0.replace(hour=0), cast.alpha.pk, "ml-llm")][0] == D("0.03")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_at_once_do_not_collide(cast, monkeypatch):
+    """An overlapping beat or a second worker: the run that finds another building skips."""
+    import threading
+
+    from metering import rollups
+    from tests.billing.test_concurrency import run_threads
+
+    llm = priced_service()
+    billing.budget_grant(project=cast.alpha, amount="10")
+    job = reservation_create(project=cast.alpha, service=llm, quantity=1000, params={})
+    usage.oneshot_usage_record(
+        job_uuid=job.uuid, project=cast.alpha, subtype=llm.slug, count=1000, at=job.reserved_at
+    )
+    both_reading = threading.Barrier(2, timeout=3)
+    hourly = rollups._hourly
+
+    def slow(*args):
+        sums = hourly(*args)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_reading.wait()  # the skipping run never gets here: the barrier times out
+        return sums
+
+    monkeypatch.setattr(rollups, "_hourly", slow)
+    written = []
+    assert run_threads(2, lambda _: written.append(usage_rollup())) == []
+    assert sorted(written)[0] == 0 and sorted(written)[1] > 0
+    assert UsageRollup.objects.filter(period=RollupPeriod.HOUR).count() == 1
