@@ -196,7 +196,7 @@ def key_update(
     before this commits may still pass under them."""
     now = now or timezone.now()
     name = _name_checked(name)
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    key = ApiKey.objects.select_for_update(no_key=True).get(pk=key.pk)
     _changeable(key, now)
     limit, period = key_settings.credit_limit, key_settings.credit_limit_period
     if limit is not None and (key.credit_limit is None or period != key.credit_limit_period):
@@ -240,7 +240,7 @@ def key_patch(*, key: ApiKey, changes: Mapping[str, Any]) -> ApiKey:
     (`limits`, when given, replaces every limit). A cap removed (`credit_limit: null`) takes
     its period with it unless a period is given too. The key is read under its lock, so two
     patches of different fields both stay."""
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    key = ApiKey.objects.select_for_update(no_key=True).get(pk=key.pk)
     _changeable(key, timezone.now())  # before its settings are checked, which it explains
     current = {
         "name": key.name,
@@ -287,7 +287,7 @@ def member_remove(*, lab: Lab, user: User, by: User) -> int:
 def key_rotate(*, key: ApiKey) -> tuple[ApiKey, str]:
     """A new secret with the same settings and lookup id. The previous secret keeps working
     for API_KEY_ROTATION_GRACE_SECONDS (a rotation during a grace period ends the older one)."""
-    key = ApiKey.objects.select_for_update().get(pk=key.pk)
+    key = ApiKey.objects.select_for_update(no_key=True).get(pk=key.pk)
     if key.revoked_at is not None:
         raise KeySettingsError("A revoked key cannot be rotated.")
     secret = secret_generate()
