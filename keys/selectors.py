@@ -6,11 +6,11 @@ from __future__ import annotations
 import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from accounts import selectors as account_selectors
@@ -115,6 +115,76 @@ def key_usage(key_ids: list[int], *, since: datetime) -> dict[int, KeyUsage]:
     for row in rows:
         usage[row["key_id"]] = KeyUsage(row["requests"], row["units"], row["charged"])
     return usage
+
+
+@dataclass(frozen=True)
+class KeyDay:
+    """One UTC day of a key: requests authorized that day; units and credits of the jobs
+    settled that day (as key_usage counts them)."""
+
+    day: datetime
+    requests: int
+    units: int
+    charged: Decimal
+    percent: int  # of the window's highest day in credits, for the chart
+
+
+@dataclass(frozen=True)
+class KeyServiceUsage:
+    slug: str
+    requests: int
+    units: int
+    charged: Decimal
+
+
+def key_usage_days(
+    key: ApiKey, *, days: int = 30, now: datetime | None = None
+) -> tuple[list[KeyDay], list[KeyServiceUsage]]:
+    """The key's last `days` UTC days, oldest first, and its use of each service over them."""
+    today = _day_start(now or timezone.now())
+    start = today - timedelta(days=days - 1)
+    jobs = KeyJob.objects.filter(key=key).order_by()
+    made = jobs.filter(created_at__gte=start)
+    settled = jobs.filter(settled_at__gte=start)
+    requests = dict(
+        made.annotate(day=TruncDay("created_at", tzinfo=UTC))
+        .values_list("day")
+        .annotate(n=Count("id"))
+    )
+    spent = {
+        row["day"]: row
+        for row in settled.annotate(day=TruncDay("settled_at", tzinfo=UTC))
+        .values("day")
+        .annotate(
+            used=Coalesce(Sum("units"), 0), charged=Coalesce(Sum("job__charged_amount"), ZERO)
+        )
+    }
+    highest = max((row["charged"] for row in spent.values()), default=ZERO)
+    series = []
+    for n in range(days):
+        day = start + timedelta(days=n)
+        row = spent.get(day, {"used": 0, "charged": ZERO})
+        percent = int(row["charged"] * 100 / highest) if highest > 0 else 0
+        series.append(
+            KeyDay(day, requests.get(day, 0), row["used"], row["charged"], max(percent, 0))
+        )
+    per_service = {
+        row["service_slug"]: row
+        for row in settled.values("service_slug").annotate(
+            used=Coalesce(Sum("units"), 0), charged=Coalesce(Sum("job__charged_amount"), ZERO)
+        )
+    }
+    asked = dict(made.values_list("service_slug").annotate(n=Count("id")))
+    services = [
+        KeyServiceUsage(
+            slug,
+            asked.get(slug, 0),
+            per_service.get(slug, {}).get("used", 0),
+            per_service.get(slug, {}).get("charged", ZERO),
+        )
+        for slug in sorted(set(asked) | set(per_service))
+    ]
+    return series, services
 
 
 def key_usage_this_month(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:

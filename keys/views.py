@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -320,3 +321,24 @@ def key_edit(request: HttpRequest, key_id: Any) -> HttpResponse:
             return redirect("key_list")
     status_code = 400 if request.method == "POST" else 200
     return render(request, "app/keys_new.html", {"form": form, "key": key}, status=status_code)
+
+
+@login_required
+def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
+    """A key's last 30 days by day and by service: every member of its lab; others get 404."""
+    try:
+        key = selectors.key_get(actor=request.user, key_uuid=key_id)
+    except KeyNotFoundError as exc:
+        raise Http404("API key not found") from exc
+    days, per_service = selectors.key_usage_days(key)
+    context = {
+        "key": key,
+        "days": days,
+        "services": per_service,
+        "totals": {
+            "requests": sum(day.requests for day in days),
+            "units": sum(day.units for day in days),
+            "charged": credits_display(sum((day.charged for day in days), Decimal(0))),
+        },
+    }
+    return render(request, "app/key_usage.html", context)
