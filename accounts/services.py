@@ -29,6 +29,7 @@ from accounts.models import (
     ServiceToken,
     User,
 )
+from accounts.signals import personal_lab_created
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 
 DEFAULT_PROJECT_NAME = "Default"
@@ -274,6 +275,9 @@ def personal_lab_create(*, user: User) -> Lab:
     lab = lab_with_default_project_create(name=f"{label}'s lab", owner=user)
     lab.personal_for = user
     lab.save(update_fields=["personal_for", "updated_at"])
+    personal_lab_created.send(
+        sender=Lab, lab=lab, project=lab.projects.get(name=DEFAULT_PROJECT_NAME)
+    )
     return lab
 
 

@@ -391,3 +391,6 @@ class LabDebtAdmin(ReadOnlyAdmin):
 class StripeCustomerAdmin(ReadOnlyAdmin):
     list_display = ["lab", "customer_id", "payment_method_label"]
     search_fields = ["lab__name", "customer_id"]
+
+
+from billing import plan_admin  # noqa: E402, F401  (registers the plan admins)

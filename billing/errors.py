@@ -39,6 +39,10 @@ class GrantNotExpiredError(InvalidRequestError):
     default_message = "The grant has not expired"
 
 
+class PlanError(InvalidRequestError):
+    """A plan change that breaks a rule (an inactive plan, a project of another lab)."""
+
+
 class IdempotencyConflictError(ApiError):
     status_code = status.HTTP_409_CONFLICT
     error_code = "IDEMPOTENCY_CONFLICT"

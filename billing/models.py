@@ -539,3 +539,128 @@ class BalanceAlert(TimeStampedModel):
     @property
     def threshold_text(self) -> str:
         return decimal_plain(self.threshold)  # 12.5, not 12.500000
+
+
+class PlanPeriod(models.TextChoices):
+    MONTHLY = "monthly", "Monthly"
+    WEEKLY = "weekly", "Weekly"
+
+
+class PlanRollover(models.TextChoices):
+    RESET = "reset", "Reset to the plan's credits each period"
+    CARRY = "carry", "Carry over what is left, up to a maximum"
+
+
+class Plan(TimeStampedModel):
+    """Credits a lab receives every period, as a grant that expires at the period's end
+    (billing/plans.py). Changes apply from each subscriber's next period."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    credits = models.DecimalField(help_text="Credits granted every period.", **MONEY_FIELD)
+    period = models.CharField(max_length=8, choices=PlanPeriod.choices)
+    rollover = models.CharField(
+        max_length=8, choices=PlanRollover.choices, default=PlanRollover.RESET
+    )
+    rollover_max = models.DecimalField(
+        null=True,
+        blank=True,
+        help_text="Carry over: at most this many unused credits move to the next period.",
+        **MONEY_FIELD,
+    )
+    category = models.CharField(
+        max_length=16, choices=GrantCategory.choices, default=GrantCategory.PROMOTIONAL
+    )
+    priority = models.PositiveSmallIntegerField(
+        default=DEFAULT_PRIORITY[GrantCategory.PROMOTIONAL],
+        help_text="Burn order of the plan's grants: lower burns first.",
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="Given to every new user's personal lab at signup."
+    )
+    active = models.BooleanField(
+        default=True, help_text="Inactive: no new subscriptions; current ones keep renewing."
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="plan_credits_positive"),
+            models.CheckConstraint(
+                condition=Q(rollover=PlanRollover.RESET, rollover_max__isnull=True)
+                | Q(rollover=PlanRollover.CARRY, rollover_max__gt=0),
+                name="plan_rollover_max_with_carry",
+                violation_error_message="Carry-over needs a maximum above 0; reset takes none.",
+            ),
+            models.CheckConstraint(
+                condition=Q(is_default=False) | Q(active=True),
+                name="plan_default_is_active",
+                violation_error_message="The default plan must be active.",
+            ),
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=Q(is_default=True),
+                name="plan_one_default",
+                violation_error_message="Another plan is already the default.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def summary(self) -> str:
+        """`25 credits monthly, unused credits carried over up to 10`."""
+        text = f"{decimal_plain(self.credits)} credits {self.get_period_display().lower()}"
+        if self.rollover == PlanRollover.CARRY and self.rollover_max:
+            return f"{text}, unused credits carried over up to {decimal_plain(self.rollover_max)}"
+        return f"{text}, unused credits expire at the end of each period"
+
+
+class PlanSubscription(TimeStampedModel):
+    """A lab on a plan. Period k runs from `started_at` + k periods to + k+1 (calendar months
+    clamp to the month's end: a plan started on 31 January renews on 28 February); the
+    period's grant lands in `project`'s budget and expires when the period ends."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="plan_subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
+    started_at = models.DateTimeField()
+    period_index = models.PositiveIntegerField(default=0)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    grant = models.ForeignKey(
+        Grant, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ended_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["lab"],
+                condition=Q(ended_at__isnull=True),
+                name="plan_subscription_one_open_per_lab",
+                violation_error_message="This lab is already on a plan.",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gt=models.F("period_start")),
+                name="plan_subscription_period_ordered",
+            ),
+        ]
+        indexes = [
+            # The renewal sweep: open subscriptions whose period has ended.
+            models.Index(
+                fields=["period_end"],
+                condition=Q(ended_at__isnull=True),
+                name="plan_subscription_renewals",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lab} on {self.plan}"

@@ -1,4 +1,5 @@
-"""Every lab and project gets its ledger accounts in the transaction that creates it.
+"""Every lab and project gets its ledger accounts in the transaction that creates it, and every
+new personal lab the default plan, if there is one.
 
 accounts cannot call billing (dependencies run billing → accounts), so billing listens."""
 
@@ -10,6 +11,8 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from accounts.models import Lab, Project
+from accounts.signals import personal_lab_created
+from billing.plans import default_plan_subscribe
 from billing.services import lab_account_open, project_accounts_open
 
 
@@ -25,3 +28,8 @@ def _project_created(
 ) -> None:
     if created and not kwargs.get("raw"):
         project_accounts_open(project=instance)
+
+
+@receiver(personal_lab_created, dispatch_uid="billing_default_plan_subscribe")
+def _personal_lab_created(sender: type[Lab], lab: Lab, project: Project, **kwargs: Any) -> None:
+    default_plan_subscribe(lab=lab, project=project)

@@ -20,11 +20,13 @@ from billing.errors import TopUpNotFoundError
 from billing.models import (
     DEBT_OPEN,
     AccountType,
+    EntryType,
     Grant,
     GrantBalance,
     JournalLine,
     LabDebt,
     LedgerAccount,
+    PlanSubscription,
     TopUp,
 )
 
@@ -242,4 +244,36 @@ def lab_debt(*, lab: Lab) -> Decimal:
     total = LabDebt.objects.filter(DEBT_OPEN, lab=lab).aggregate(
         total=Sum(F("amount") - F("repaid") - F("forgiven"))
     )["total"]
+    return total or ZERO
+
+
+@dataclass(frozen=True)
+class PlanState:
+    subscription: PlanSubscription
+    granted: Decimal  # this period's grant
+    left: Decimal  # of which still in the lab or its projects, not held
+
+
+def plan_current(*, lab: Lab) -> PlanState | None:
+    """The plan the lab is on, with what is left of this period's credits."""
+    subscription = (
+        PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True)
+        .select_related("plan", "project", "grant")
+        .first()
+    )
+    if subscription is None or subscription.grant is None:
+        return None
+    left = _sum(
+        GrantBalance.objects.filter(
+            grant=subscription.grant, account__type__in=[AccountType.LAB, AccountType.PROJECT]
+        )
+    )
+    return PlanState(subscription=subscription, granted=subscription.grant.amount, left=left)
+
+
+def grant_expired_total(grant: Grant) -> Decimal:
+    """What the grant's expiry gave back to the system account (every sweep of it so far)."""
+    total = JournalLine.objects.filter(
+        grant=grant, entry__type=EntryType.EXPIRE, account__type=AccountType.SYSTEM
+    ).aggregate(total=Sum("amount"))["total"]
     return total or ZERO

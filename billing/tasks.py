@@ -6,7 +6,7 @@ import smtplib
 
 from celery import shared_task
 
-from billing import auto_recharge, balance_alerts, receipts, sweeps
+from billing import auto_recharge, balance_alerts, plans, receipts, sweeps
 from billing.errors import PaymentProviderError
 from core.tasks import RETRY_ON_DB_ERRORS
 
@@ -33,6 +33,11 @@ RETRY_ON_MAIL_ERRORS = {
 @shared_task(name="billing.grants_expire", **RETRY_ON_DB_ERRORS)
 def grants_expire() -> int:
     return sweeps.grants_expire()
+
+
+@shared_task(name="billing.plan_periods_renew", **RETRY_ON_DB_ERRORS)
+def plan_periods_renew() -> int:
+    return plans.plan_periods_renew()
 
 
 @shared_task(name="billing.ledger_audit")

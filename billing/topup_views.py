@@ -116,6 +116,7 @@ def _render_billing(
         "grants": selectors.grant_list(actor=request.user, lab=lab),
         "topups": selectors.topup_list(actor=request.user, lab=lab),
         "debt": selectors.lab_debt(lab=lab),
+        "plan": selectors.plan_current(lab=lab),
         "topup_form": topup_form
         or TopUpForm(
             lab=lab,

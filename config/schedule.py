@@ -41,6 +41,10 @@ def beat_schedule(env: environ.Env) -> dict[str, dict[str, Any]]:
             "task": "billing.grants_expire",
             "schedule": env.int("GRANTS_EXPIRE_PERIOD", default=60),
         },
+        "plan-periods-renew": {
+            "task": "billing.plan_periods_renew",
+            "schedule": env.int("PLAN_PERIODS_RENEW_PERIOD", default=60),
+        },
         "usage-rollup": {
             "task": "metering.usage_rollup",
             "schedule": env.int("USAGE_ROLLUP_PERIOD", default=60),

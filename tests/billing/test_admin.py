@@ -116,4 +116,6 @@ def test_demo_credits_load_once(settings, capsys):
 
     lab = Lab.objects.get(personal_for__email="demo@example.com")
     state = lab_balance(lab)
-    assert (state.balance, state.projects[0].balance) == (Decimal("75"), Decimal("25"))
+    # 25 assigned and the Starter plan's first 10, once; new signups start on that plan.
+    assert (state.balance, state.projects[0].balance) == (Decimal("75"), Decimal("35"))
+    assert lab.plan_subscriptions.get().plan.is_default

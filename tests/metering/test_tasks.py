@@ -29,7 +29,7 @@ def test_every_periodic_job_is_on_the_schedule():
     assert scheduled >= {
         "metering.longrun_jobs_charge", "metering.storage_jobs_charge",
         "metering.usage_events_settle", "metering.reservations_expire", "metering.usage_rollup",
-        "billing.grants_expire", "billing.ledger_audit",
+        "billing.grants_expire", "billing.ledger_audit", "billing.plan_periods_renew",
     }  # fmt: skip
     assert scheduled <= set(app.tasks)
 

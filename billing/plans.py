@@ -1,0 +1,201 @@
+"""Plans: credits a lab receives every period, as a grant that expires when the period ends.
+
+Starting a plan grants its first period at once; the renewal sweep closes each period that has
+ended (its grant expires, so what is left goes back to the system account) and grants the next:
+the plan's credits, plus, with carry-over, what the old grant gave back, up to the plan's
+maximum. Every grant's idempotency key names the subscription and period, so a period is never
+granted twice. Lock order: the subscription row, then the grant, then ledger accounts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from dateutil.relativedelta import relativedelta
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Lab, Project, User
+from accounts.selectors import Actor
+from accounts.services import DEFAULT_PROJECT_NAME
+from billing.errors import PlanError
+from billing.models import (
+    Grant,
+    GrantSource,
+    Plan,
+    PlanPeriod,
+    PlanRollover,
+    PlanSubscription,
+)
+from billing.selectors import grant_expired_total
+from billing.services import budget_grant, grant_expire
+from core.money import decimal_plain
+
+ZERO = Decimal(0)
+
+
+def period_bounds(*, started_at: datetime, period: str, index: int) -> tuple[datetime, datetime]:
+    """Period `index` of a plan started at `started_at`; months clamp to the month's end."""
+
+    def shifted(n: int) -> datetime:
+        if period == PlanPeriod.MONTHLY:
+            return started_at + relativedelta(months=n)
+        return started_at + timedelta(weeks=n)
+
+    return shifted(index), shifted(index + 1)
+
+
+def _period_grant(subscription: PlanSubscription, *, carried: Decimal, actor: Actor) -> Grant:
+    plan = subscription.plan
+    index = subscription.period_index
+    return budget_grant(
+        project=subscription.project,
+        amount=plan.credits + carried,
+        category=plan.category,
+        priority=plan.priority,
+        effective_at=subscription.period_start,
+        expires_at=subscription.period_end,
+        source=GrantSource.PLAN,
+        source_ref=str(subscription.uuid),
+        reason=f"{plan.name} plan, period {index + 1}",
+        metadata={
+            "plan": plan.slug,
+            "subscription": str(subscription.uuid),
+            "period": index,
+            "carried": decimal_plain(carried),
+        },
+        actor=actor,
+        idempotency_key=f"plan:{subscription.uuid}:{index}",
+    )
+
+
+def _default_project(lab: Lab) -> Project:
+    project = (
+        lab.projects.filter(name=DEFAULT_PROJECT_NAME).order_by("id").first()
+        or lab.projects.order_by("id").first()
+    )
+    if project is None:
+        raise PlanError("The lab has no project to receive the plan's credits")
+    return project
+
+
+@transaction.atomic
+def plan_subscribe(
+    *, lab: Lab, plan: Plan, project: Project | None = None, actor: Actor = None
+) -> PlanSubscription:
+    """Put a lab on a plan from now, ending the plan it was on, and grant the first period's
+    credits to `project` (default: the lab's "Default" project, else its oldest). The credits
+    of the plan it leaves stay until their period ends."""
+    if not plan.active:
+        raise PlanError("This plan is not offered any more")
+    project = project or _default_project(lab)
+    if project.lab_id != lab.pk:
+        raise PlanError("The project must belong to the lab")
+    # Serializes plan changes of one lab, so the next one's UPDATE sees this one's row.
+    # NO KEY: subscriptions and grants reference the lab.
+    Lab.objects.select_for_update(no_key=True).filter(pk=lab.pk).first()
+    now = timezone.now()
+    PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
+        ended_at=now, updated_at=now
+    )
+    start, end = period_bounds(started_at=now, period=plan.period, index=0)
+    subscription = PlanSubscription.objects.create(
+        lab=lab,
+        plan=plan,
+        project=project,
+        started_at=now,
+        period_start=start,
+        period_end=end,
+        created_by=actor if isinstance(actor, User) else None,
+    )
+    subscription.grant = _period_grant(subscription, carried=ZERO, actor=actor)
+    subscription.save(update_fields=["grant", "updated_at"])
+    return subscription
+
+
+@transaction.atomic
+def plan_end(*, subscription: PlanSubscription) -> PlanSubscription:
+    """Stop renewing. The current period's credits stay until the period ends."""
+    subscription = PlanSubscription.objects.select_for_update(no_key=True).get(pk=subscription.pk)
+    if subscription.ended_at is None:
+        subscription.ended_at = timezone.now()
+        subscription.save(update_fields=["ended_at", "updated_at"])
+    return subscription
+
+
+def _carried(subscription: PlanSubscription) -> Decimal:
+    """Close the period's grant (expire it, if the grant sweep has not yet) and return what the
+    next period takes over from it."""
+    grant = subscription.grant
+    if grant is None:
+        return ZERO
+    grant_expire(grant=grant)
+    plan = subscription.plan
+    if plan.rollover != PlanRollover.CARRY or plan.rollover_max is None:
+        return ZERO
+    return min(grant_expired_total(grant), plan.rollover_max)
+
+
+@transaction.atomic
+def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
+    """Move an open subscription whose period has ended into the period that contains `now`,
+    with that period's grant. Periods missed entirely (no sweep ran through them) are not
+    granted after the fact. False, writing nothing, when there is nothing to renew."""
+    now = now or timezone.now()
+    subscription = (
+        PlanSubscription.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("plan", "project", "grant")
+        .get(pk=subscription_id)
+    )
+    if subscription.ended_at is not None or subscription.period_end > now:
+        return False
+    carried = _carried(subscription)
+    index = subscription.period_index + 1
+    start, end = period_bounds(
+        started_at=subscription.started_at, period=subscription.plan.period, index=index
+    )
+    while end <= now:
+        index += 1
+        start, end = period_bounds(
+            started_at=subscription.started_at, period=subscription.plan.period, index=index
+        )
+    subscription.period_index, subscription.period_start, subscription.period_end = (
+        index,
+        start,
+        end,
+    )
+    subscription.grant = _period_grant(subscription, carried=carried, actor=None)
+    subscription.save(
+        update_fields=["period_index", "period_start", "period_end", "grant", "updated_at"]
+    )
+    return True
+
+
+def plan_periods_renew(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Renew every open subscription whose period has ended by `now` (not later than the real
+    time: the old grant must have expired), one per transaction; those another worker holds
+    are skipped. Safe to run twice or to kill midway. Returns how many renewed."""
+    now = now or timezone.now()
+    renewed = 0
+    while renewed < batch:
+        with transaction.atomic():
+            # Served by the partial index plan_subscription_renewals.
+            due = (
+                PlanSubscription.objects.select_for_update(skip_locked=True, no_key=True)
+                .filter(period_end__lte=now, ended_at__isnull=True)
+                .order_by("period_end", "id")
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if due is None:
+                break
+            plan_renew(subscription_id=due, now=now)
+            renewed += 1
+    return renewed
+
+
+def default_plan_subscribe(*, lab: Lab, project: Project) -> PlanSubscription | None:
+    """A new personal lab starts on the default plan, if operators have set one."""
+    plan = Plan.objects.filter(is_default=True, active=True).first()
+    return None if plan is None else plan_subscribe(lab=lab, plan=plan, project=project)
