@@ -281,9 +281,10 @@ def test_operator_plan_form_shows_each_mistake_on_its_field_and_writes_nothing(c
     assert errors["rollover_max"] == ["Only carry-over takes a maximum; leave it empty."]
     assert errors["__all__"] == ["Another plan is already the default."]
     response = client.post("/admin/billing/plan/add/", plan_form(is_default="on", active=""))
-    assert "The default plan must be active." in response.context["adminform"].form.errors[
-        "is_default"
-    ]
+    assert (
+        "The default plan must be active."
+        in response.context["adminform"].form.errors["is_default"]
+    )
     assert Plan.objects.count() == 1
     response = client.post("/admin/billing/plan/add/", plan_form(rollover_max="20"))
     assert response.status_code == 302
