@@ -19,6 +19,7 @@ class PlanForm(forms.ModelForm):
     credits = CreditsFormField(help_text="Credits granted every period.")
     rollover_max = CreditsFormField(
         required=False,
+        empty_value=None,
         label="Carry-over maximum",
         help_text="Carry over only: at most this many unused credits move to the next period.",
     )
@@ -42,9 +43,9 @@ class PlanForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         carry = data.get("rollover") == PlanRollover.CARRY
-        if carry and data.get("rollover_max") in (None, ""):
+        if carry and data.get("rollover_max") is None:
             self.add_error("rollover_max", "Carry-over needs a maximum.")
-        if not carry and data.get("rollover_max") not in (None, ""):
+        if not carry and data.get("rollover_max") is not None:
             self.add_error("rollover_max", "Only carry-over takes a maximum; leave it empty.")
         if data.get("is_default") and not data.get("active"):
             self.add_error("is_default", "The default plan must be active.")
