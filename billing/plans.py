@@ -46,6 +46,16 @@ def period_bounds(*, started_at: datetime, period: str, index: int) -> tuple[dat
     return shifted(index), shifted(index + 1)
 
 
+def period_index_at(*, started_at: datetime, period: str, at: datetime) -> int:
+    """The index of the period that contains `at` (0 before the plan started)."""
+    if at <= started_at:
+        return 0
+    if period == PlanPeriod.MONTHLY:
+        months = (at.year - started_at.year) * 12 + at.month - started_at.month
+        return months if started_at + relativedelta(months=months) <= at else months - 1
+    return (at - started_at) // timedelta(weeks=1)
+
+
 def _period_grant(subscription: PlanSubscription, *, carried: Decimal, actor: Actor) -> Grant:
     plan = subscription.plan
     index = subscription.period_index
@@ -151,15 +161,12 @@ def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
     if subscription.ended_at is not None or subscription.period_end > now:
         return False
     carried = _carried(subscription)
-    index = subscription.period_index + 1
-    start, end = period_bounds(
-        started_at=subscription.started_at, period=subscription.plan.period, index=index
+    started_at, period = subscription.started_at, subscription.plan.period
+    index = max(
+        subscription.period_index + 1,
+        period_index_at(started_at=started_at, period=period, at=now),
     )
-    while end <= now:
-        index += 1
-        start, end = period_bounds(
-            started_at=subscription.started_at, period=subscription.plan.period, index=index
-        )
+    start, end = period_bounds(started_at=started_at, period=period, index=index)
     subscription.period_index, subscription.period_start, subscription.period_end = (
         index,
         start,

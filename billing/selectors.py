@@ -254,13 +254,18 @@ class PlanState:
     left: Decimal  # of which still in the lab or its projects, not held
 
 
-def plan_current(*, lab: Lab) -> PlanState | None:
-    """The plan the lab is on, with what is left of this period's credits."""
-    subscription = (
-        PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True)
+def plan_subscription_current(*, lab_id: int) -> PlanSubscription | None:
+    """The lab's open plan subscription, with its plan, project and this period's grant."""
+    return (
+        PlanSubscription.objects.filter(lab_id=lab_id, ended_at__isnull=True)
         .select_related("plan", "project", "grant")
         .first()
     )
+
+
+def plan_current(*, lab: Lab) -> PlanState | None:
+    """The plan the lab is on, with what is left of this period's credits."""
+    subscription = plan_subscription_current(lab_id=lab.pk)
     if subscription is None or subscription.grant is None:
         return None
     left = _sum(

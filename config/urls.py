@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/v1/", include("keys.v1_urls")),
     path("api/accounting/", include("billing.api_urls")),
     path("api/accounting/", include("metering.api_urls")),
+    path("api/", include("keys.quota_urls")),
 ]
 
 handler400 = "core.views.bad_request"

@@ -14,7 +14,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from keys.models import ApiKey, KeyJob, KeyLimit
+from billing.models import Plan
+from billing.plan_admin import PlanAdmin
+from keys.models import ApiKey, KeyJob, KeyLimit, PlanQuota
 from keys.services import key_revoke
 
 PASTED_KEY = re.compile(r"sk_([a-z0-9]{1,32})(?:_.*)?")
@@ -135,3 +137,20 @@ class KeyJobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class PlanQuotaInline(admin.TabularInline):
+    model = PlanQuota
+    extra = 1
+    fields = ["service", "requests"]
+    verbose_name = "request quota"
+    verbose_name_plural = "Request quotas (authorized requests per plan period, counted per lab)"
+
+
+# Plans are billing's; their request quotas are counted by authorize, so they are edited here.
+admin.site.unregister(Plan)
+
+
+@admin.register(Plan)
+class PlanWithQuotasAdmin(PlanAdmin):
+    inlines = [PlanQuotaInline]

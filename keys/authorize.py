@@ -1,8 +1,9 @@
 """The authorize decision: one call a gateway makes before every request it serves.
 
 In this order: the key exists, is not revoked, not expired; the service exists and the key may
-use it; requests/min and units/min (Redis, every process); the key's credit cap; the project's
-credits. If all pass, a reservation holds the estimated cost and its job id is returned.
+use it; requests/min and units/min (Redis, every process); the requests the lab's plan allows
+this period (Redis); the key's credit cap; the project's credits. If all pass, a reservation
+holds the estimated cost and its job id is returned.
 
 The key, its project, the service, the key's limits, the current price and the lab's discount
 come from one prepared statement: nothing is cached in process, so a revocation or a new price
@@ -32,7 +33,7 @@ from billing.ledger import project_ref
 from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
-from keys import ratelimit
+from keys import quotas, ratelimit
 from keys.caps import cap_remaining
 from keys.hold_function import CapExceeded, FundsShort, HoldCall, hold_call
 from keys.models import ALL_SERVICES, KeyJob
@@ -60,6 +61,7 @@ class Code:
     SERVICE_NOT_PRICED = "service_not_priced"
     RATE_LIMITED = "rate_limited"
     UNITS_LIMITED = "units_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
     KEY_CREDIT_LIMIT = "key_credit_limit"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     UNAVAILABLE = "rate_limiter_unavailable"
@@ -120,7 +122,19 @@ SELECT k.id, k.secret_hash, k.previous_secret_hash, k.previous_valid_until, k.re
                                          l.units_per_minute))
           FROM keys_keylimit l
          WHERE l.key_id = k.id AND l.service_slug IN ('*', %(slug)s)),
-       price.id, {tiers}, {discount}
+       price.id, {tiers}, {discount},
+       (SELECT json_build_object(
+                 'subscription', sub.uuid, 'plan', plan.slug, 'started_at', sub.started_at,
+                 'period', plan.period,
+                 'quotas', (SELECT json_agg(json_build_array(qs.slug, q.requests)
+                                            ORDER BY q.service_id NULLS FIRST)
+                              FROM keys_planquota q
+                              LEFT JOIN metering_service qs ON qs.id = q.service_id
+                             WHERE q.plan_id = sub.plan_id
+                               AND (q.service_id IS NULL OR q.service_id = s.id)))
+          FROM billing_plansubscription sub
+          JOIN billing_plan plan ON plan.id = sub.plan_id
+         WHERE sub.lab_id = p.lab_id AND sub.ended_at IS NULL)
   FROM keys_apikey k
   JOIN accounts_project p ON p.id = k.project_id
   LEFT JOIN metering_service s
@@ -156,6 +170,7 @@ class KeyRow:
     price_id: int | None
     tiers: list[list[Any]] | None
     discount: Decimal | None
+    plan_quotas: dict[str, Any] | None  # the lab's plan and its quotas for this service
 
 
 def key_row(lookup_id: str, slug: str, now: datetime) -> KeyRow | None:
@@ -317,10 +332,7 @@ def authorize(
         except ratelimit.RateLimiterUnavailable:
             logger.warning("rate limiter unavailable for key %s", row.id)
             if not settings.RATE_LIMITS_FAIL_OPEN:
-                decision.status, decision.code = 503, Code.UNAVAILABLE
-                decision.message = "Rate limits cannot be checked right now; retry shortly."
-                decision.retry_after = 1
-                return decision
+                return _unavailable(decision)
         else:
             _apply_usage(decision, result)
             if not result.allowed:
@@ -339,23 +351,63 @@ def authorize(
                 return decision
             counted = True
 
+    def take_back(quota: quotas.QuotaResult | None) -> None:
+        """Nothing was held: the request must count against no window or quota either."""
+        if counted:
+            _undo(row.id, limits, job_uuid)
+        if quota is not None and quota.allowed:
+            _quota_undo(quota)
+
+    plan_quotas = quotas.PlanQuotas.from_row(row.plan_quotas)
+    quota = None
+    if plan_quotas is not None:
+        try:
+            quota = quotas.consume(plan_quotas, now)
+        except ratelimit.RateLimiterUnavailable:
+            logger.warning("quota counters unavailable for key %s", row.id)
+            if not settings.RATE_LIMITS_FAIL_OPEN:
+                take_back(None)
+                return _unavailable(decision)
+        else:
+            if not quota.allowed:
+                take_back(None)
+                return _quota_refusal(decision, plan_quotas, quota, slug)
+
     try:
         refusal = _reserve(row, slug, units, cost, job_uuid, token, decision, now, idempotency)
     except IntegrityError:
-        if counted:
-            _undo(row.id, limits, job_uuid)
+        take_back(quota)
         answer = first_answer(idempotency) if idempotency is not None else None
         if answer is None:
             raise
         return _replayed(*answer)  # a concurrent retry with the same key won the race
     except Exception:
-        if counted:  # nothing was held: the request must not count against the window either
-            _undo(row.id, limits, job_uuid)
+        take_back(quota)
         raise
     if refusal is not None:
-        if counted:
-            _undo(row.id, limits, job_uuid)
+        take_back(quota)
         return refusal
+    return decision
+
+
+def _unavailable(decision: Decision) -> Decision:
+    decision.status, decision.code = 503, Code.UNAVAILABLE
+    decision.message = "Rate limits cannot be checked right now; retry shortly."
+    decision.retry_after = 1
+    return decision
+
+
+def _quota_refusal(
+    decision: Decision, plan_quotas: quotas.PlanQuotas, quota: quotas.QuotaResult, slug: str
+) -> Decision:
+    scope = quota.refused_scope
+    limit = dict(plan_quotas.limits)[scope]
+    what = "requests of every service" if scope == ALL_SERVICES else f"'{slug}' requests"
+    decision.status, decision.code = 402, Code.QUOTA_EXCEEDED
+    decision.message = (
+        f"The lab's plan allows {limit} {what} a {plan_quotas.period.removesuffix('ly')}: "
+        f"none left until {quota.period_end.isoformat()}."
+    )
     return decision
 
 
@@ -492,6 +544,13 @@ def _undo(key_id: int, limits: list[ratelimit.ScopeLimit], job_uuid: uuid_lib.UU
         )
     except ratelimit.RateLimiterUnavailable:
         logger.warning("could not take back a refused request of key %s", key_id)
+
+
+def _quota_undo(quota: quotas.QuotaResult) -> None:
+    try:
+        quotas.give_back(quota)
+    except ratelimit.RateLimiterUnavailable:
+        logger.warning("could not take back a refused request from quota counters %s", quota)
 
 
 def _last_used_touch(row: KeyRow, now: datetime) -> None:

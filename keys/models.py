@@ -10,7 +10,7 @@ from django.db import models
 from accounts.models import Project, ServiceToken, User
 from core.models import TimeStampedModel
 from core.money import MONEY_FIELD
-from metering.models import Job
+from metering.models import Job, Service
 
 ALL_SERVICES = "*"  # the key-wide scope of a limit
 
@@ -180,3 +180,33 @@ class KeyJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key_id}:{self.job_id}"
+
+
+class PlanQuota(models.Model):
+    """How many requests a plan lets a lab's keys authorize per plan period: for one service, or
+    for every service together (no service). Counted in Redis by keys/quotas.py."""
+
+    plan = models.ForeignKey("billing.Plan", on_delete=models.CASCADE, related_name="quotas")
+    service = models.ForeignKey(
+        Service,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"type": "oneshot"},
+        help_text="Empty: every service together.",
+    )
+    requests = models.PositiveIntegerField(help_text="Authorized requests per plan period.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "service"],
+                nulls_distinct=False,
+                name="plan_quota_one_per_service",
+                violation_error_message="This plan already has a quota for that service.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.requests} requests of {self.service or 'every service'} on {self.plan}"

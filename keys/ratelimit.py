@@ -158,7 +158,7 @@ _REFUSED = {0: "", 1: "requests", 2: "units", 3: "units_above_limit"}
 
 
 @functools.cache
-def _client(url: str) -> redis.Redis:
+def redis_client(url: str) -> redis.Redis:
     timeout = settings.RATE_LIMIT_REDIS_TIMEOUT_SECONDS
     return redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
@@ -167,7 +167,7 @@ def _client(url: str) -> redis.Redis:
 
 @functools.cache
 def _scripts(url: str) -> tuple[redis.commands.core.Script, redis.commands.core.Script]:
-    client = _client(url)
+    client = redis_client(url)
     return client.register_script(_HIT), client.register_script(_ADJUST)
 
 

@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from accounts import selectors as account_selectors
 from accounts.models import Project, User
 from accounts.selectors import Actor
+from billing import selectors as billing_selectors
 from keys.caps import cap_period_start
 from keys.errors import KeyNotFoundError
-from keys.models import ApiKey, KeyJob
+from keys.models import ALL_SERVICES, ApiKey, KeyJob, PlanQuota
+from keys.quotas import PlanQuotas
 
 ZERO = Decimal(0)
 
@@ -209,3 +211,24 @@ def key_limits(key: ApiKey) -> dict[str, dict[str, int | None]]:
 def active_keys(keys: QuerySet[ApiKey], *, now: datetime | None = None) -> QuerySet[ApiKey]:
     now = now or timezone.now()
     return keys.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now), revoked_at__isnull=True)
+
+
+def plan_quotas(*, lab_id: int) -> PlanQuotas | None:
+    """The lab's plan with every request quota it has ("*" first; maybe none), or None: the lab
+    is on no plan."""
+    subscription = billing_selectors.plan_subscription_current(lab_id=lab_id)
+    if subscription is None:
+        return None
+    limits = [
+        (quota.service.slug if quota.service else ALL_SERVICES, quota.requests)
+        for quota in PlanQuota.objects.filter(plan_id=subscription.plan_id)
+        .select_related("service")
+        .order_by(F("service_id").asc(nulls_first=True))
+    ]
+    return PlanQuotas(
+        subscription=subscription.uuid,
+        plan=subscription.plan.slug,
+        started_at=subscription.started_at,
+        period=subscription.plan.period,
+        limits=limits,
+    )

@@ -283,9 +283,9 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
     }
 
 
-class KeySelfView(APIView):
-    """`GET /api/v1/key` with the end user's own key. Reading it does not count as a use
-    (last_used_at is not touched)."""
+class EndUserKeyView(APIView):
+    """A view for the end user's own key; a refused key's 401 names why in `details.code`.
+    Reading does not count as a use (last_used_at is not touched)."""
 
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [EndUserKey]
@@ -295,6 +295,10 @@ class KeySelfView(APIView):
         if isinstance(exc, KeyAuthenticationFailed) and isinstance(response.data, dict):
             response.data["details"] = {"code": exc.reason}
         return response
+
+
+class KeySelfView(EndUserKeyView):
+    """`GET /api/v1/key` with the end user's own key."""
 
     @extend_schema(
         operation_id="api_key_self",

@@ -261,6 +261,7 @@ def plan_form(**data):
         "name": "Team", "slug": "team", "description": "", "credits": "50", "period": "monthly",
         "rollover": "carry", "rollover_max": "", "category": "promotional", "priority": "10",
         "active": "on",
+        "quotas-TOTAL_FORMS": "0", "quotas-INITIAL_FORMS": "0",  # the request quotas' inline
     }  # fmt: skip
     form.update(data)
     return form
