@@ -12,13 +12,14 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken
 from billing.currency import from_minor
 from core.models import TimeStampedModel
-from core.money import MONEY_FIELD, decimal_plain
+from core.money import MAX_CREDITS, MONEY_FIELD, decimal_plain
 
 
 class AccountType(models.TextChoices):
@@ -592,6 +593,13 @@ class Plan(TimeStampedModel):
                 | Q(rollover=PlanRollover.CARRY, rollover_max__gt=0),
                 name="plan_rollover_max_with_carry",
                 violation_error_message="Carry-over needs a maximum above 0; reset takes none.",
+            ),
+            models.CheckConstraint(
+                # A period's grant (credits and what is carried over) must be one amount.
+                condition=Q(credits__lt=MAX_CREDITS - Coalesce("rollover_max", Value(0))),
+                name="plan_period_grant_in_range",
+                violation_error_message="The credits and the most carried over must be below "
+                "10^12 together.",
             ),
             models.CheckConstraint(
                 condition=Q(is_default=False) | Q(active=True),

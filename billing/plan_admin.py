@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from billing import plans
 from billing.forms import CreditsFormField
 from billing.models import Plan, PlanRollover, PlanSubscription
+from core.money import MAX_CREDITS
 
 
 class PlanForm(forms.ModelForm):
@@ -49,6 +50,12 @@ class PlanForm(forms.ModelForm):
             self.add_error("rollover_max", "Only carry-over takes a maximum; leave it empty.")
         if data.get("is_default") and not data.get("active"):
             self.add_error("is_default", "The default plan must be active.")
+        credits, most_carried = data.get("credits"), data.get("rollover_max") or 0
+        if credits is not None and credits + most_carried >= MAX_CREDITS:
+            self.add_error(
+                "rollover_max" if most_carried else "credits",
+                "The credits and the most carried over must be below 10^12 together.",
+            )
         return data
 
 
@@ -87,7 +94,10 @@ class PlanAdmin(admin.ModelAdmin):
         return plan.open_subscriptions  # type: ignore[attr-defined]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Plan | None = None) -> Any:
-        return ["slug"] if obj is not None else []  # grants' metadata name it
+        if obj is None:
+            return []
+        # Grants' metadata name the slug; subscribers' periods count in the plan's unit.
+        return ["slug", "period"] if obj.subscriptions.exists() else ["slug"]
 
     def get_prepopulated_fields(self, request: HttpRequest, obj: Plan | None = None) -> Any:
         return self.prepopulated_fields if obj is None else {}
@@ -119,6 +129,11 @@ class PlanSubscriptionForm(forms.ModelForm):
             self.add_error("project", "This project belongs to another lab.")
         if lab is not None and project is None and not lab.projects.exists():
             self.add_error("project", "The lab has no project to receive the credits.")
+        current = lab.plan_subscriptions.filter(ended_at__isnull=True).first() if lab else None
+        plan = data.get("plan")
+        same_plan = current is not None and plan is not None and current.plan_id == plan.pk
+        if same_plan and (project is None or project.pk == current.project_id):
+            self.add_error("plan", "The lab is already on this plan.")
         return data
 
     def validate_constraints(self, exclude: Any = None) -> None:

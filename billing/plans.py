@@ -9,11 +9,12 @@ granted twice. Lock order: the subscription row, then the grant, then ledger acc
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from dateutil.relativedelta import relativedelta
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from accounts.models import Lab, Project, User
@@ -33,6 +34,7 @@ from billing.services import budget_grant, grant_expire
 from core.money import decimal_plain
 
 ZERO = Decimal(0)
+logger = logging.getLogger(__name__)
 
 
 def period_bounds(*, started_at: datetime, period: str, index: int) -> tuple[datetime, datetime]:
@@ -96,15 +98,19 @@ def plan_subscribe(
 ) -> PlanSubscription:
     """Put a lab on a plan from now, ending the plan it was on, and grant the first period's
     credits to `project` (default: the lab's "Default" project, else its oldest). The credits
-    of the plan it leaves stay until their period ends."""
+    of the plan it leaves stay until their period ends. A lab already on this plan for this
+    project stays as it is (a retried or doubled request grants nothing more)."""
     if not plan.active:
         raise PlanError("This plan is not offered any more")
     project = project or _default_project(lab)
     if project.lab_id != lab.pk:
         raise PlanError("The project must belong to the lab")
-    # Serializes plan changes of one lab, so the next one's UPDATE sees this one's row.
+    # Serializes plan changes of one lab, so the next one's reads see this one's row.
     # NO KEY: subscriptions and grants reference the lab.
     Lab.objects.select_for_update(no_key=True).filter(pk=lab.pk).first()
+    current = PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).first()
+    if current is not None and (current.plan_id, current.project_id) == (plan.pk, project.pk):
+        return current
     now = timezone.now()
     PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
         ended_at=now, updated_at=now
@@ -184,20 +190,30 @@ def plan_periods_renew(*, now: datetime | None = None, batch: int = 500) -> int:
     time: the old grant must have expired), one per transaction; those another worker holds
     are skipped. Safe to run twice or to kill midway. Returns how many renewed."""
     now = now or timezone.now()
-    renewed = 0
+    renewed, failed = 0, set()
     while renewed < batch:
         with transaction.atomic():
             # Served by the partial index plan_subscription_renewals.
             due = (
                 PlanSubscription.objects.select_for_update(skip_locked=True, no_key=True)
                 .filter(period_end__lte=now, ended_at__isnull=True)
+                .exclude(pk__in=failed)
                 .order_by("period_end", "id")
                 .values_list("pk", flat=True)
                 .first()
             )
             if due is None:
                 break
-            plan_renew(subscription_id=due, now=now)
+            try:
+                with transaction.atomic():
+                    plan_renew(subscription_id=due, now=now)
+            except DatabaseError:
+                raise  # the task retries the whole run
+            except Exception:
+                # One subscription that cannot renew must not hold up every other lab's.
+                logger.exception("plan subscription %s could not renew", due)
+                failed.add(due)
+                continue
             renewed += 1
     return renewed
 

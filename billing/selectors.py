@@ -253,6 +253,11 @@ class PlanState:
     granted: Decimal  # this period's grant
     left: Decimal  # of which still in the lab or its projects, not held
 
+    @property
+    def renewing(self) -> bool:
+        """The period has ended and the renewal sweep has not yet granted the next one."""
+        return self.subscription.period_end <= timezone.now()
+
 
 def plan_subscription_current(*, lab_id: int) -> PlanSubscription | None:
     """The lab's open plan subscription, with its plan, project and this period's grant."""

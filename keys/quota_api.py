@@ -63,16 +63,13 @@ class ServiceQuotaOut(serializers.Serializer):
     limit = serializers.IntegerField(allow_null=True, help_text="That quota's requests a period.")
 
 
-def _counted(plan_quotas: PlanQuotas, now: datetime) -> list[tuple[str, int, int]]:
-    """(scope, quota, requests counted this period) per quota."""
+def _left(plan_quotas: PlanQuotas | None, now: datetime) -> list[quotas.QuotaLeft]:
+    if plan_quotas is None:
+        return []
     try:
-        used = quotas.used(plan_quotas, now)
+        return quotas.left(plan_quotas, now)
     except quotas.RateLimiterUnavailable as exc:
         raise QuotaCountersUnavailable() from exc
-    return [
-        (scope, limit, count)
-        for (scope, limit), count in zip(plan_quotas.limits, used, strict=True)
-    ]
 
 
 def _period(plan_quotas: PlanQuotas | None, now: datetime) -> dict[str, Any]:
@@ -97,12 +94,12 @@ class QuotaListView(EndUserKeyView):
     def get(self, request: Request) -> Response:
         now = timezone.now()
         plan_quotas = selectors.plan_quotas(lab_id=request.auth.lab_id)
-        counted = _counted(plan_quotas, now) if plan_quotas else []
+        left = _left(plan_quotas, now)
         body = {
             "plan": plan_quotas.plan if plan_quotas else None,
             **_period(plan_quotas, now),
-            "remainingRequests": [{scope: max(limit - n, 0)} for scope, limit, n in counted],
-            "limits": [{scope: limit} for scope, limit, _ in counted],
+            "remainingRequests": [{quota.scope: quota.remaining} for quota in left],
+            "limits": [{quota.scope: quota.limit} for quota in left],
         }
         return Response(QuotasOut(body).data)
 
@@ -124,17 +121,13 @@ class ServiceQuotaView(EndUserKeyView):
             raise NotFoundError(f"No service '{service}'.")
         now = timezone.now()
         plan_quotas = selectors.plan_quotas(lab_id=request.auth.lab_id)
-        applying = [
-            (scope, limit, n)
-            for scope, limit, n in (_counted(plan_quotas, now) if plan_quotas else [])
-            if scope in (ALL_SERVICES, service)
-        ]
-        tightest = min(applying, key=lambda quota: quota[1] - quota[2], default=None)
+        applying = [q for q in _left(plan_quotas, now) if q.scope in (ALL_SERVICES, service)]
+        tightest = min(applying, key=lambda quota: quota.remaining, default=None)
         body = {
             "plan": plan_quotas.plan if plan_quotas else None,
             "service": service,
             **_period(plan_quotas, now),
-            "remainingRequests": max(tightest[1] - tightest[2], 0) if tightest else None,
-            "limit": tightest[1] if tightest else None,
+            "remainingRequests": tightest.remaining if tightest else None,
+            "limit": tightest.limit if tightest else None,
         }
         return Response(ServiceQuotaOut(body).data)

@@ -140,10 +140,26 @@ def give_back(result: QuotaResult) -> None:
         raise RateLimiterUnavailable(str(exc)) from exc
 
 
-def used(quotas: PlanQuotas, at: datetime) -> list[int]:
-    """Requests counted this period, per scope."""
+@dataclass(frozen=True)
+class QuotaLeft:
+    scope: str  # "*" or a service slug
+    limit: int
+    used: int  # requests counted this period
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+
+def left(quotas: PlanQuotas, at: datetime) -> list[QuotaLeft]:
+    """Each quota with the requests counted against it this period."""
+    if not quotas.limits:
+        return []
     try:
         values = redis_client(settings.REDIS_URL).mget(quotas.counters(at))
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
-    return [int(value or 0) for value in values]
+    return [
+        QuotaLeft(scope, limit, int(value or 0))
+        for (scope, limit), value in zip(quotas.limits, values, strict=True)
+    ]

@@ -26,10 +26,11 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 
-from accounts.models import User
+from accounts import selectors as account_selectors
+from accounts.models import Lab, User
 from core.money import credits_display
 from core.once import Claim, once_claim, once_token
-from keys import selectors, services
+from keys import quotas, selectors, services
 from keys.errors import KeyNotFoundError, KeySettingsError
 from keys.forms import KeyCreateForm, KeyEditForm
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
@@ -120,6 +121,28 @@ def _rows(user: User, keys: list[ApiKey]) -> list[KeyRow]:
     return rows
 
 
+@dataclass(frozen=True)
+class LabQuotas:
+    lab: Lab
+    period_end: datetime
+    left: list[quotas.QuotaLeft] | None  # None: the counters cannot be read right now
+
+
+def _lab_quotas(user: User, now: datetime) -> list[LabQuotas]:
+    """The request quotas of the plans of the user's labs, with what is left this period."""
+    rows = []
+    for lab in account_selectors.lab_list(actor=user).order_by("name", "id"):
+        plan_quotas = selectors.plan_quotas(lab_id=lab.pk)
+        if plan_quotas is None or not plan_quotas.limits:
+            continue
+        try:
+            left: list[quotas.QuotaLeft] | None = quotas.left(plan_quotas, now)
+        except quotas.RateLimiterUnavailable:
+            left = None
+        rows.append(LabQuotas(lab=lab, period_end=plan_quotas.bounds(now)[2], left=left))
+    return rows
+
+
 @login_required
 def key_list(request: HttpRequest) -> HttpResponse:
     keys = (
@@ -131,6 +154,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
     context = {
         "page": page,
         "rows": _rows(request.user, list(page.object_list)),
+        "lab_quotas": _lab_quotas(request.user, timezone.now()),
     }
     return render(request, "app/keys.html", context)
 

@@ -339,3 +339,101 @@ def test_members_see_their_labs_plan_on_the_billing_page_and_outsiders_get_404(c
     assert client.get(f"/app/labs/{cast.lab.uuid}/billing/").status_code == 404
     own = client.get(f"/app/labs/{cast.charlie_lab.uuid}/billing/").content.decode()
     assert "Starter" not in own
+
+
+@pytest.mark.django_db
+def test_subscribing_again_to_the_plan_a_lab_is_on_grants_nothing_more(cast):
+    plan = make_plan()
+    first = plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.alpha)
+    assert plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.alpha) == first
+    assert plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.alpha) == first
+    assert budget(cast.alpha) == D("10")
+    moved = plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.beta)
+    assert moved != first and budget(cast.beta) == D("10")  # another project: a new start
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_subscribes_to_one_plan_grant_once():
+    lab = lab_create(name="Doubled form")
+    project = project_create(lab=lab, name="Default")
+    plan = make_plan()
+    errors = run_threads(4, lambda _: plans.plan_subscribe(lab=lab, plan=plan, project=project))
+    assert errors == []
+    assert PlanSubscription.objects.filter(lab=lab).count() == 1
+    assert budget(project) == D("10")
+
+
+@pytest.mark.django_db
+def test_a_subscription_that_cannot_renew_does_not_hold_up_the_others(cast, caplog, monkeypatch):
+    with time_machine.travel(JAN_31, tick=False):
+        broken = plans.plan_subscribe(lab=cast.lab, plan=make_plan(), project=cast.alpha)
+        other = plans.plan_subscribe(
+            lab=cast.charlie_lab, plan=make_plan(slug="other"),
+            project=cast.charlie_lab.projects.get(),
+        )  # fmt: skip
+    grant = plans.budget_grant
+
+    def failing_for_alpha(**kwargs):  # a fault in one lab's renewal, whatever it may be
+        if kwargs["project"] == cast.alpha:
+            raise ValueError("injected")
+        return grant(**kwargs)
+
+    monkeypatch.setattr(plans, "budget_grant", failing_for_alpha)
+    with time_machine.travel(datetime(2027, 3, 1, tzinfo=UTC), tick=False):
+        assert plans.plan_periods_renew() == 1
+        assert "could not renew" in caplog.text
+        assert PlanSubscription.objects.get(pk=other.pk).period_index == 1
+        assert PlanSubscription.objects.get(pk=broken.pk).period_index == 0
+
+
+@pytest.mark.django_db
+def test_a_plan_grant_out_of_range_is_refused_by_the_form_and_the_database(client, operator):
+    from django.db import IntegrityError, transaction
+
+    client.force_login(operator)
+    response = client.post(
+        "/admin/billing/plan/add/", plan_form(credits="999999999999", rollover_max="1")
+    )
+    assert response.context["adminform"].form.errors["rollover_max"] == [
+        "The credits and the most carried over must be below 10^12 together."
+    ]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_plan(rollover="carry", credits=D("999999999999"), rollover_max=D("1"))
+
+
+@pytest.mark.django_db
+def test_a_plans_period_is_read_only_once_a_lab_is_on_it(client, operator, cast):
+    plan = make_plan()
+    client.force_login(operator)
+    page = client.get(f"/admin/billing/plan/{plan.pk}/change/").content.decode()
+    assert 'name="period"' in page
+    plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.alpha)
+    page = client.get(f"/admin/billing/plan/{plan.pk}/change/").content.decode()
+    assert 'name="period"' not in page and 'name="credits"' in page
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_to_put_a_lab_on_the_plan_it_is_on(client, operator, cast):
+    plan = make_plan()
+    plans.plan_subscribe(lab=cast.lab, plan=plan, project=cast.alpha)
+    client.force_login(operator)
+    response = client.post(
+        "/admin/billing/plansubscription/add/",
+        {"lab": cast.lab.pk, "plan": plan.pk, "project": cast.alpha.pk},
+    )
+    assert response.context["adminform"].form.errors["plan"] == ["The lab is already on this plan."]
+    assert PlanSubscription.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_billing_page_says_a_period_that_ended_is_being_renewed(client, cast):
+    with time_machine.travel(JAN_31, tick=False):
+        plans.plan_subscribe(lab=cast.lab, plan=make_plan(), project=cast.alpha)
+    with time_machine.travel(datetime(2027, 3, 1, tzinfo=UTC), tick=False):
+        client.force_login(cast.alice)
+        page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+        assert "The period ended on 28 Feb 2027, 10:00 UTC" in page
+        assert 'data-testid="plan-left"' not in page
+        plans.plan_periods_renew()
+        page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+        assert "renews on <time" in page and "31 Mar 2027" in page

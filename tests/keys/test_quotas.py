@@ -122,9 +122,7 @@ def test_an_ended_plan_takes_its_quotas_with_it(cast, gateway, make_key, llm):
     assert authorize(gateway, full).json()["code"] == "allowed"
 
 
-def test_quota_routes_refuse_bad_keys_and_unknown_services_in_the_error_shape(
-    cast, make_key, llm
-):
+def test_quota_routes_refuse_bad_keys_and_unknown_services_in_the_error_shape(cast, make_key, llm):
     _, full = make_key()
     assert APIClient().get("/api/quotas").status_code == 401
     response = key_client("sk_nope_nothing").get("/api/quotas")
@@ -191,3 +189,19 @@ def test_operators_set_a_plans_quotas_in_the_admin(client, llm):
     )
     quotas = {q.service_id: q.requests for q in PlanQuota.objects.filter(plan__slug="free")}
     assert quotas == {llm.pk: 100, None: 500}
+
+
+def test_members_see_their_labs_quotas_on_the_keys_page_and_outsiders_do_not(
+    client, cast, gateway, make_key, llm
+):
+    plan_with_quotas(cast.lab, cast.alpha, {None: 10, llm: 3})
+    _, full = make_key()
+    authorize(gateway, full)
+    client.force_login(cast.bob)
+    page = client.get("/app/keys/").content.decode()
+    assert 'data-testid="plan-quotas"' in page and "Alice Lab" in page
+    assert "Every service: <strong>9</strong> of 10 left" in page
+    assert "ml-llm: <strong>2</strong> of 3 left" in page
+    client.force_login(cast.charlie)
+    page = client.get("/app/keys/").content.decode()
+    assert 'data-testid="plan-quotas"' not in page and "Alice Lab" not in page
