@@ -69,6 +69,20 @@ def keys_create(world, count_per_project: int) -> list[str]:
     return keys
 
 
+def plan_quotas_create(world) -> None:
+    """Put the world's lab on a plan with request quotas (too high to refuse), so that every
+    decision counts them too."""
+    from billing.models import Plan
+    from billing.plans import plan_subscribe
+    from keys.models import PlanQuota
+
+    plan = Plan.objects.create(slug="bench", name="Bench", credits=1, period="monthly")
+    service = world.services[("ml-llm", "oneshot")]
+    PlanQuota.objects.create(plan=plan, service=None, requests=10**9)
+    PlanQuota.objects.create(plan=plan, service=service, requests=10**9)
+    plan_subscribe(lab=world.lab, plan=plan, project=world.projects[0])
+
+
 def _row(name: str, result: WrkResult, baseline: float) -> str:
     return (
         f"| {name} | {result.per_second:,.0f} | {result.per_second / baseline:.2f} |"
@@ -76,13 +90,15 @@ def _row(name: str, result: WrkResult, baseline: float) -> str:
     )
 
 
-def run(stack: HttpStack, *, seconds: float, connections: int, threads: int) -> None:
+def run(stack: HttpStack, *, seconds: float, connections: int, threads: int, quotas: bool) -> None:
     from billing.audit import ledger_audit
     from keys.models import KeyJob
 
     token = token_create(scopes=["authorize"])
     world = world_create(projects=8, credits="100000000")
     keys = keys_create(world, 4)
+    if quotas:
+        plan_quotas_create(world)
     quoted = ", ".join(f'"{key}"' for key in keys)
     flat_out = _SCRIPT % {"keys": quoted, "token": token, "delay": ""}
     # Each of PACED_CONNECTIONS waits this long after every answer: about PACED_RATE requests/s
@@ -110,6 +126,7 @@ def run(stack: HttpStack, *, seconds: float, connections: int, threads: int) -> 
     print(_row(f"POST /api/v1/authorize, paced (~{PACED_RATE}/s)", steady, base))
     print(f"reservations opened by the flat-out run: {opened} (wrk counted {decisions.requests})")
     print(f"ledger audit after the run: {ledger_audit() or 'clean'}")
+    print(f"plan request quotas counted: {'yes (2 per decision)' if quotas else 'no'}")
 
 
 def main() -> None:
@@ -117,10 +134,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument(
+        "--plan-quotas", action="store_true", help="put the lab on a plan with request quotas"
+    )
     server_options(parser)
     args = parser.parse_args()
     with served(args) as stack:
-        run(stack, seconds=args.seconds, connections=args.connections, threads=args.threads)
+        run(
+            stack,
+            seconds=args.seconds,
+            connections=args.connections,
+            threads=args.threads,
+            quotas=args.plan_quotas,
+        )
 
 
 if __name__ == "__main__":
