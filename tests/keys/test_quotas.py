@@ -205,3 +205,16 @@ def test_members_see_their_labs_quotas_on_the_keys_page_and_outsiders_do_not(
     client.force_login(cast.charlie)
     page = client.get("/app/keys/").content.decode()
     assert 'data-testid="plan-quotas"' not in page and "Alice Lab" not in page
+
+
+def test_the_schema_describes_the_quota_routes(tmp_path):
+    import yaml
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--file", str(target))
+    schema = yaml.safe_load(target.read_text())
+    for path in ["/api/quotas", "/api/quotas/{service}"]:
+        assert schema["paths"][path]["get"]["security"] == [{"endUserKey": []}]
+    listed = schema["components"]["schemas"]["QuotasOut"]["properties"]
+    assert {"plan", "periodStart", "periodEnd", "remainingRequests", "limits"} == set(listed)
