@@ -52,6 +52,7 @@ def period_index_at(*, started_at: datetime, period: str, at: datetime) -> int:
     """The index of the period that contains `at` (0 before the plan started)."""
     if at <= started_at:
         return 0
+    at = at.astimezone(started_at.tzinfo)  # months are counted on the start's calendar
     if period == PlanPeriod.MONTHLY:
         months = (at.year - started_at.year) * 12 + at.month - started_at.month
         return months if started_at + relativedelta(months=months) <= at else months - 1

@@ -10,7 +10,9 @@ import re
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -139,8 +141,24 @@ class KeyJobAdmin(admin.ModelAdmin):
         return False
 
 
+class PlanQuotaFormSet(BaseInlineFormSet):
+    def clean(self) -> None:
+        """One quota per service, and one for every service: the rows' NULL service escapes
+        Django's own uniqueness check, so count them here."""
+        super().clean()
+        kept = [
+            form
+            for form in self.forms
+            if form.cleaned_data and not form.cleaned_data.get("DELETE", False)
+        ]
+        services = [form.cleaned_data.get("service") for form in kept]
+        if services.count(None) > 1:
+            raise ValidationError("Only one quota can be for every service.")
+
+
 class PlanQuotaInline(admin.TabularInline):
     model = PlanQuota
+    formset = PlanQuotaFormSet
     extra = 1
     fields = ["service", "requests"]
     verbose_name = "request quota"

@@ -114,10 +114,10 @@ _DECISION_RESPONSES = {
         (200, "allowed: a reservation holds the estimated cost; job_id names it"),
         (400, "bad_request"),
         (401, "key_invalid, key_revoked, key_expired (or the service token is refused)"),
-        (402, "key_credit_limit or insufficient_funds"),
+        (402, "quota_exceeded (the lab's plan), key_credit_limit or insufficient_funds"),
         (403, "service_unknown, service_not_allowed, service_not_priced"),
         (429, "rate_limited or units_limited, with Retry-After"),
-        (503, "rate_limiter_unavailable (Redis down, fail closed)"),
+        (503, "rate_limiter_unavailable (Redis down: limits or plan quotas, fail closed)"),
     ]
 }
 

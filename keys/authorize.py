@@ -392,7 +392,7 @@ def authorize(
 
 def _unavailable(decision: Decision) -> Decision:
     decision.status, decision.code = 503, Code.UNAVAILABLE
-    decision.message = "Rate limits cannot be checked right now; retry shortly."
+    decision.message = "Rate limits or quotas cannot be checked right now; retry shortly."
     decision.retry_after = 1
     return decision
 

@@ -196,7 +196,9 @@ class PlanQuota(models.Model):
         limit_choices_to={"type": "oneshot"},
         help_text="Empty: every service together.",
     )
-    requests = models.PositiveIntegerField(help_text="Authorized requests per plan period.")
+    requests = models.PositiveIntegerField(
+        help_text="Authorized requests per plan period; 0: the plan does not allow the service."
+    )
 
     class Meta:
         constraints = [

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 
 from core.errors import ApiError, NotFoundError
 from keys import quotas, selectors
+from keys.api import SLUG
 from keys.models import ALL_SERVICES
 from keys.quotas import PlanQuotas
 from keys.self_api import EndUserKeyView
@@ -117,7 +118,7 @@ class ServiceQuotaView(EndUserKeyView):
         tags=["quotas"],
     )
     def get(self, request: Request, service: str) -> Response:
-        if service not in authorizable_services([service]):
+        if not SLUG.fullmatch(service) or service not in authorizable_services([service]):
             raise NotFoundError(f"No service '{service}'.")
         now = timezone.now()
         plan_quotas = selectors.plan_quotas(lab_id=request.auth.lab_id)

@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
             name='PlanQuota',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('requests', models.PositiveIntegerField(help_text='Authorized requests per plan period.')),
+                ('requests', models.PositiveIntegerField(help_text='Authorized requests per plan period; 0: the plan does not allow the service.')),
                 ('plan', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='quotas', to='billing.plan')),
                 ('service', models.ForeignKey(blank=True, help_text='Empty: every service together.', limit_choices_to={'type': 'oneshot'}, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='metering.service')),
             ],

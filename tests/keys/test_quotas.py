@@ -218,3 +218,49 @@ def test_the_schema_describes_the_quota_routes(tmp_path):
         assert schema["paths"][path]["get"]["security"] == [{"endUserKey": []}]
     listed = schema["components"]["schemas"]["QuotasOut"]["properties"]
     assert {"plan", "periodStart", "periodEnd", "remainingRequests", "limits"} == set(listed)
+
+
+@pytest.mark.parametrize("name", ["%00", "ml-llm%00", "x" * 300, "caf%C3%A9", "*"])
+def test_odd_service_names_on_the_quota_route_are_404(make_key, llm, name):
+    _, full = make_key()
+    response = key_client(full).get(f"/api/quotas/{name}")
+    assert (response.status_code, response.json()["error_code"]) == (404, "ENTITY_NOT_FOUND")
+
+
+def test_a_plan_takes_one_every_service_quota_in_the_admin(client, llm):
+    from accounts.services import user_create
+
+    operator = user_create(email="op@example.com", password="operator-pass-1", is_superuser=True)
+    client.force_login(operator)
+    form = {
+        "name": "Free", "slug": "free", "description": "", "credits": "5", "period": "weekly",
+        "rollover": "reset", "rollover_max": "", "category": "promotional", "priority": "10",
+        "active": "on", "quotas-TOTAL_FORMS": "2", "quotas-INITIAL_FORMS": "0",
+        "quotas-0-service": "", "quotas-0-requests": "100",
+        "quotas-1-service": "", "quotas-1-requests": "500",
+    }  # fmt: skip
+    response = client.post("/admin/billing/plan/add/", form)
+    assert response.status_code == 200
+    formset = response.context["inline_admin_formsets"][0].formset
+    assert formset.non_form_errors() == ["Only one quota can be for every service."]
+    assert not Plan.objects.exists()
+    form.update({"quotas-TOTAL_FORMS": "1"})
+    assert client.post("/admin/billing/plan/add/", form).status_code == 302
+    plan = Plan.objects.get()
+    [saved] = PlanQuota.objects.filter(plan=plan)
+    form = {
+        **form, "quotas-TOTAL_FORMS": "2", "quotas-INITIAL_FORMS": "1",
+        "quotas-0-id": str(saved.pk), "quotas-0-plan": str(plan.pk),
+        "quotas-1-plan": str(plan.pk),
+    }  # fmt: skip
+    response = client.post(f"/admin/billing/plan/{plan.pk}/change/", form)
+    assert response.status_code == 200
+    assert PlanQuota.objects.filter(plan=plan).count() == 1
+
+
+def test_the_period_index_counts_months_on_the_start_calendar_whatever_the_time_zone():
+    from zoneinfo import ZoneInfo
+
+    start = datetime(2027, 1, 1, 2, tzinfo=UTC)
+    at = datetime(2027, 2, 1, 4, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
+    assert plans.period_index_at(started_at=start, period="monthly", at=at) == 1
