@@ -212,7 +212,9 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner(cast):
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [302, 302]
+    # Both requests are answered (302), unless one was made by an owner the other had already
+    # demoted: then its page refuses it (403) before it reaches the service. Never both.
+    assert sorted(statuses) in ([302, 302], [302, 403])
     assert sorted(roles(cast.lab).values()) == [Role.MEMBER, Role.OWNER]
 
 
