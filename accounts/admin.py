@@ -10,7 +10,16 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.models import Lab, LabInvitation, Membership, Project, Scope, ServiceToken, User
+from accounts.models import (
+    OPERATOR_ONLY_SCOPES,
+    Lab,
+    LabInvitation,
+    Membership,
+    Project,
+    Scope,
+    ServiceToken,
+    User,
+)
 
 
 @admin.register(User)
@@ -90,6 +99,17 @@ class ServiceTokenForm(forms.ModelForm):
     class Meta:
         model = ServiceToken
         fields = ["name", "scopes", "lab"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        operator_only = OPERATOR_ONLY_SCOPES & set(data.get("scopes") or [])
+        if data.get("lab") is not None and operator_only:
+            self.add_error(
+                "scopes",
+                f"{', '.join(sorted(operator_only))}: for operator tokens only (leave the lab "
+                "empty).",
+            )
+        return data
 
 
 @admin.register(ServiceToken)

@@ -158,6 +158,11 @@ class Scope(models.TextChoices):
     USAGE = "usage", "Post usage"
     KEYS = "keys", "Manage end-user API keys"
     LABS = "labs", "Read labs and projects"
+    PLANS = "plans", "Put labs on plans (operator tokens only)"
+
+
+# Scopes a lab's own token may not have: with them it could grant its lab credits.
+OPERATOR_ONLY_SCOPES = frozenset({Scope.PLANS})
 
 
 class ServiceToken(TimeStampedModel):

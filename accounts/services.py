@@ -20,6 +20,7 @@ from accounts.errors import (
     MembershipError,
 )
 from accounts.models import (
+    OPERATOR_ONLY_SCOPES,
     Lab,
     LabInvitation,
     Membership,
@@ -331,10 +332,17 @@ def service_token_create(
     created_by: User | None = None,
 ) -> tuple[ServiceToken, str]:
     """Returns the token row and the plain token, which is never stored and shown once."""
+    scopes = scopes_validate(scopes)
+    if lab is not None and OPERATOR_ONLY_SCOPES & set(scopes):
+        raise InvalidScopeError(
+            "The plans scope is for operator tokens (no lab): a lab's own token could grant "
+            "its lab credits with it.",
+            details={"operator_only": sorted(OPERATOR_ONLY_SCOPES & set(scopes))},
+        )
     secret = secret_generate()
     token = ServiceToken.objects.create(
         name=name,
-        scopes=scopes_validate(scopes),
+        scopes=scopes,
         lab=lab,
         created_by=created_by,
         lookup_id=lookup_id_generate(),

@@ -268,17 +268,23 @@ def plan_subscription_current(*, lab_id: int) -> PlanSubscription | None:
     )
 
 
+def plan_state(subscription: PlanSubscription) -> PlanState:
+    """A subscription with what is left of this period's credits."""
+    grant = subscription.grant
+    if grant is None:
+        return PlanState(subscription=subscription, granted=ZERO, left=ZERO)
+    left = _sum(
+        GrantBalance.objects.filter(
+            grant=grant, account__type__in=[AccountType.LAB, AccountType.PROJECT]
+        )
+    )
+    return PlanState(subscription=subscription, granted=grant.amount, left=left)
+
+
 def plan_current(*, lab: Lab) -> PlanState | None:
     """The plan the lab is on, with what is left of this period's credits."""
     subscription = plan_subscription_current(lab_id=lab.pk)
-    if subscription is None or subscription.grant is None:
-        return None
-    left = _sum(
-        GrantBalance.objects.filter(
-            grant=subscription.grant, account__type__in=[AccountType.LAB, AccountType.PROJECT]
-        )
-    )
-    return PlanState(subscription=subscription, granted=subscription.grant.amount, left=left)
+    return None if subscription is None else plan_state(subscription)
 
 
 def grant_expired_total(grant: Grant) -> Decimal:

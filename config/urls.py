@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/", include("accounts.api_urls")),
     path("api/v1/", include("metering.v1_urls")),
     path("api/v1/", include("keys.v1_urls")),
+    path("api/v1/", include("billing.v1_urls")),
     path("api/accounting/", include("billing.api_urls")),
     path("api/accounting/", include("metering.api_urls")),
     path("api/", include("keys.quota_urls")),
