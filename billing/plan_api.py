@@ -25,7 +25,6 @@ from billing.errors import PlanError
 from billing.models import Plan, PlanSubscription
 from core.accounting import StrictSerializer, UUIDField
 from core.errors import NotFoundError
-from core.money import decimal_plain
 from core.parsers import UnicodeJSONParser
 
 PlansScope = token_scope_required(Scope.PLANS)
@@ -42,14 +41,18 @@ class PlanNotFoundError(NotFoundError):
     default_message = "Plan not found"
 
 
+def credits_field(**kwargs: Any) -> serializers.DecimalField:
+    return serializers.DecimalField(max_digits=24, decimal_places=6, **kwargs)
+
+
 class PlanOut(serializers.Serializer):
     slug = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
-    credits = serializers.CharField(help_text="Credits granted every period.")
+    credits = credits_field(help_text="Credits granted every period.")
     period = serializers.CharField(help_text="monthly or weekly, from the day a lab joins.")
     rollover = serializers.CharField(help_text="reset, or carry (up to rollover_max).")
-    rollover_max = serializers.CharField(allow_null=True)
+    rollover_max = credits_field(allow_null=True)
     category = serializers.CharField()
     is_default = serializers.BooleanField(help_text="New users' personal labs start on it.")
     active = serializers.BooleanField(help_text="False: no new subscriptions.")
@@ -62,14 +65,17 @@ class LabPlanOut(serializers.Serializer):
     started_at = serializers.DateTimeField()
     period_start = serializers.DateTimeField()
     period_end = serializers.DateTimeField(help_text="When the plan renews.")
-    period_credits = serializers.CharField(help_text="This period's grant.")
-    period_credits_left = serializers.CharField(
+    period_credits = credits_field(help_text="This period's grant.")
+    period_credits_left = credits_field(
         help_text="Of which still in the lab or its projects, not held by running work."
     )
     ended_at = serializers.DateTimeField(allow_null=True)
 
 
 class LabPlanIn(StrictSerializer):
+    """The plan, by its slug, and the project that receives its credits (unknown fields are
+    refused)."""
+
     plan = serializers.SlugField(max_length=64)
     project = UUIDField(
         required=False, allow_null=True, help_text="Empty: the lab's Default project."
@@ -81,10 +87,10 @@ def _plan(plan: Plan) -> dict[str, Any]:
         "slug": plan.slug,
         "name": plan.name,
         "description": plan.description,
-        "credits": decimal_plain(plan.credits),
+        "credits": plan.credits,
         "period": plan.period,
         "rollover": plan.rollover,
-        "rollover_max": decimal_plain(plan.rollover_max) if plan.rollover_max is not None else None,
+        "rollover_max": plan.rollover_max,
         "category": plan.category,
         "is_default": plan.is_default,
         "active": plan.active,
@@ -100,8 +106,8 @@ def _lab_plan(lab: Lab, subscription: PlanSubscription) -> dict[str, Any]:
         "started_at": subscription.started_at,
         "period_start": subscription.period_start,
         "period_end": subscription.period_end,
-        "period_credits": decimal_plain(state.granted),
-        "period_credits_left": decimal_plain(state.left),
+        "period_credits": state.granted,
+        "period_credits_left": state.left,
         "ended_at": subscription.ended_at,
     }
 
@@ -110,7 +116,9 @@ _ERRORS = {
     400: OpenApiResponse(description="INVALID_REQUEST: bad body, inactive plan, foreign project"),
     401: OpenApiResponse(description="No or an invalid service token"),
     403: OpenApiResponse(description="Not an operator token with the `plans` scope"),
-    404: OpenApiResponse(description="ENTITY_NOT_FOUND: no such lab, plan or project"),
+    404: OpenApiResponse(
+        description="ENTITY_NOT_FOUND: no such lab or plan, or (GET, DELETE) the lab is on no plan"
+    ),
 }
 
 
@@ -121,11 +129,12 @@ class PlanListView(APIView):
     @extend_schema(
         operation_id="plans_list",
         summary="Every plan, active or not",
-        responses={200: PlanOut(many=True), **{s: r for s, r in _ERRORS.items() if s != 400}},
+        responses={200: PlanOut(many=True), 401: _ERRORS[401], 403: _ERRORS[403]},
         tags=["plans"],
     )
     def get(self, request: Request) -> Response:
-        return Response([_plan(plan) for plan in Plan.objects.order_by("name", "id")])
+        plans_out = [_plan(plan) for plan in Plan.objects.order_by("name", "id")]
+        return Response(PlanOut(plans_out, many=True).data)
 
 
 class LabPlanView(APIView):

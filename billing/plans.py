@@ -99,19 +99,24 @@ def plan_subscribe(
 ) -> PlanSubscription:
     """Put a lab on a plan from now, ending the plan it was on, and grant the first period's
     credits to `project` (default: the lab's "Default" project, else its oldest). The credits
-    of the plan it leaves stay until their period ends. A lab already on this plan for this
-    project stays as it is (a retried or doubled request grants nothing more)."""
-    if not plan.active:
-        raise PlanError("This plan is not offered any more")
-    project = project or _default_project(lab)
-    if project.lab_id != lab.pk:
+    of the plan it leaves stay until their period ends. A lab already on this plan (for this
+    project, or with none named) stays as it is: a retried or doubled request grants nothing
+    more, even once the plan is no longer offered."""
+    if project is not None and project.lab_id != lab.pk:
         raise PlanError("The project must belong to the lab")
     # Serializes plan changes of one lab, so the next one's reads see this one's row.
     # NO KEY: subscriptions and grants reference the lab.
     Lab.objects.select_for_update(no_key=True).filter(pk=lab.pk).first()
     current = PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).first()
-    if current is not None and (current.plan_id, current.project_id) == (plan.pk, project.pk):
+    if (
+        current is not None
+        and current.plan_id == plan.pk
+        and (project is None or project.pk == current.project_id)
+    ):
         return current
+    if not plan.active:
+        raise PlanError("This plan is not offered any more")
+    project = project or _default_project(lab)
     now = timezone.now()
     PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
         ended_at=now, updated_at=now

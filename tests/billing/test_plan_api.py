@@ -42,7 +42,7 @@ def test_an_operator_token_puts_a_lab_on_a_plan_reads_it_and_ends_it(cast, start
         str(cast.lab.uuid), str(cast.beta.uuid), "starter"
     )  # fmt: skip
     assert (body["period_credits"], body["period_credits_left"], body["ended_at"]) == (
-        "10", "10", None
+        "10.000000", "10.000000", None
     )  # fmt: skip
     assert lab_balance(cast.lab).projects[1].balance == D("10")  # Beta
     entry = JournalEntry.objects.get(type="grant")
@@ -74,7 +74,7 @@ def test_plans_are_listed_for_operator_tokens(starter, operator):
     )  # fmt: skip
     plans = operator.get("/api/v1/plans").json()
     assert [(p["slug"], p["credits"], p["rollover_max"], p["active"]) for p in plans] == [
-        ("pro", "100.5", "50", False), ("starter", "10", None, True)
+        ("pro", "100.500000", "50.000000", False), ("starter", "10.000000", None, True)
     ]  # fmt: skip
 
 
@@ -156,3 +156,32 @@ def test_the_schema_describes_the_plan_routes(tmp_path):
     paths = yaml.safe_load(target.read_text())["paths"]
     assert set(paths["/api/v1/labs/{lab_id}/plan"]) == {"get", "put", "delete"}
     assert set(paths["/api/v1/plans"]) == {"get"}
+
+
+def test_a_retry_grants_nothing_even_without_the_project_or_after_the_plan_was_retired(
+    cast, starter, operator
+):
+    url = plan_url(cast.lab)
+    first = operator.put(url, {"plan": "starter", "project": str(cast.beta.uuid)}, format="json")
+    assert operator.put(url, {"plan": "starter"}, format="json").json() == first.json()
+    Plan.objects.filter(pk=starter.pk).update(active=False)
+    again = operator.put(url, {"plan": "starter"}, format="json")
+    retired = {**first.json(), "plan": {**first.json()["plan"], "active": False}}
+    assert (again.status_code, again.json()) == (200, retired)
+    assert Grant.objects.filter(source=GrantSource.PLAN).count() == 1
+    response = operator.put(plan_url(cast.charlie_lab), {"plan": "starter"}, format="json")
+    assert response.json()["message"] == "This plan is not offered any more"
+
+
+def test_a_lab_bound_token_that_holds_the_plans_scope_anyway_is_refused(cast, starter):
+    from accounts.models import ServiceToken
+
+    token, plain = service_token_create(name="bot", scopes=[Scope.LABS], lab=cast.lab)
+    ServiceToken.objects.filter(pk=token.pk).update(scopes=[Scope.PLANS])  # by hand, in SQL
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plain}")
+    assert client.get("/api/v1/plans").status_code == 403
+    assert client.put(plan_url(cast.lab), {"plan": "starter"}, format="json").status_code == 403
+    assert not PlanSubscription.objects.exists()
