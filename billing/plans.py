@@ -29,7 +29,7 @@ from billing.models import (
     PlanRollover,
     PlanSubscription,
 )
-from billing.selectors import grant_expired_total
+from billing.selectors import grant_expired_total, plan_default
 from billing.services import budget_grant, grant_expire
 from core.money import decimal_plain
 
@@ -226,5 +226,5 @@ def plan_periods_renew(*, now: datetime | None = None, batch: int = 500) -> int:
 
 def default_plan_subscribe(*, lab: Lab, project: Project) -> PlanSubscription | None:
     """A new personal lab starts on the default plan, if operators have set one."""
-    plan = Plan.objects.filter(is_default=True, active=True).first()
+    plan = plan_default()
     return None if plan is None else plan_subscribe(lab=lab, plan=plan, project=project)

@@ -26,6 +26,7 @@ from billing.models import (
     JournalLine,
     LabDebt,
     LedgerAccount,
+    Plan,
     PlanSubscription,
     TopUp,
 )
@@ -257,6 +258,11 @@ class PlanState:
     def renewing(self) -> bool:
         """The period has ended and the renewal sweep has not yet granted the next one."""
         return self.subscription.period_end <= timezone.now()
+
+
+def plan_default() -> Plan | None:
+    """The plan every new user's personal lab starts on, if operators have set one."""
+    return Plan.objects.filter(is_default=True, active=True).first()
 
 
 def plan_subscription_current(*, lab_id: int) -> PlanSubscription | None:

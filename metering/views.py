@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from billing.selectors import plan_default
 from core.money import decimal_plain, decimal_rounded
 from metering import selectors
 from metering.units import scale_label, units_plural
@@ -44,4 +45,4 @@ def price_list(request: HttpRequest) -> HttpResponse:
             for tier in entry.tiers
         ]
         rows.append({"service": service, "tiers": tiers, "since": entry.price.valid_from})
-    return render(request, "prices.html", {"rows": rows})
+    return render(request, "prices.html", {"rows": rows, "default_plan": plan_default()})

@@ -437,3 +437,16 @@ def test_the_billing_page_says_a_period_that_ended_is_being_renewed(client, cast
         plans.plan_periods_renew()
         page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
         assert "renews on <time" in page and "31 Mar 2027" in page
+
+
+@pytest.mark.django_db
+def test_the_public_prices_page_tells_what_new_accounts_get(client):
+    assert 'data-testid="default-plan"' not in client.get("/prices/").content.decode()
+    make_plan(is_default=True, rollover="carry", rollover_max=D("5"), description="Try it.")
+    make_plan(slug="hidden", name="Hidden")  # operators' other plans are not advertised
+    page = client.get("/prices/").content.decode()
+    assert (
+        "Every new account starts on the <strong>Starter</strong> plan: 10 credits monthly, "
+        "unused credits carried over up to 5. Try it." in page
+    )
+    assert "Hidden" not in page
