@@ -1,5 +1,6 @@
 """`GET /api/v1/key`: the end user's own key as `Authorization: Bearer sk_...`: its limits,
-usage, remaining credit cap, the project's available credits and what they buy per service.
+usage, remaining credit cap, the project's available credits and what they buy per service,
+and the request quotas of the lab's plan.
 
 Errors have the shape of the rest of /api/v1: `{"error_code", "message", "details"}`; a refused
 key's 401 names why in `details.code`.
@@ -25,7 +26,7 @@ from rest_framework.views import APIView
 from billing.selectors import project_balances
 from core.accounting import UUIDField
 from core.money import credits_quantize
-from keys import selectors
+from keys import quotas, selectors
 from keys.authorize import (
     UNITS_MAX,
     Code,
@@ -178,6 +179,21 @@ class ServiceAllowanceOut(serializers.Serializer):
     )
 
 
+class PlanQuotaOut(serializers.Serializer):
+    service = serializers.CharField(help_text='A service, or "*": every service together.')
+    limit = serializers.IntegerField(help_text="Authorized requests a plan period.")
+    remaining = serializers.IntegerField(
+        allow_null=True, help_text="Left this period; null: the counters cannot be read now."
+    )
+
+
+class PlanQuotasOut(serializers.Serializer):
+    plan = serializers.CharField(help_text="The slug of the lab's plan.")
+    period_start = serializers.DateTimeField()
+    period_end = serializers.DateTimeField(help_text="When the counts start again from zero.")
+    quotas = PlanQuotaOut(many=True, help_text="Empty: the plan limits no requests.")
+
+
 class KeySelfOut(serializers.Serializer):
     id = UUIDField()
     name = serializers.CharField()
@@ -191,6 +207,30 @@ class KeySelfOut(serializers.Serializer):
     credit_limit = CreditCapOut(allow_null=True)
     project = ProjectCreditsOut()
     services = ServiceAllowanceOut(many=True)
+    plan_quotas = PlanQuotasOut(
+        allow_null=True, help_text="The request quotas of the lab's plan; null: no plan."
+    )
+
+
+def _plan_quotas(lab_id: int, now: datetime) -> dict[str, Any] | None:
+    plan_quotas = selectors.plan_quotas(lab_id=lab_id)
+    if plan_quotas is None:
+        return None
+    _, start, end = plan_quotas.bounds(now)
+    try:
+        left: list[Any] = quotas.left(plan_quotas, now)
+        counted = {quota.scope: quota.remaining for quota in left}
+    except quotas.RateLimiterUnavailable:
+        counted = {}
+    return {
+        "plan": plan_quotas.plan,
+        "period_start": start,
+        "period_end": end,
+        "quotas": [
+            {"service": scope, "limit": limit, "remaining": counted.get(scope)}
+            for scope, limit in plan_quotas.limits
+        ],
+    }
 
 
 def _usage(usage: selectors.KeyUsage) -> dict[str, Any]:
@@ -280,6 +320,7 @@ def key_overview(row: KeyRow, now: datetime) -> dict[str, Any]:
         "credit_limit": cap,
         "project": {"id": str(project.uuid), "available": str(available)},
         "services": services,
+        "plan_quotas": _plan_quotas(project.lab_id, now),
     }
 
 

@@ -264,3 +264,16 @@ def test_the_period_index_counts_months_on_the_start_calendar_whatever_the_time_
     start = datetime(2027, 1, 1, 2, tzinfo=UTC)
     at = datetime(2027, 2, 1, 4, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
     assert plans.period_index_at(started_at=start, period="monthly", at=at) == 1
+
+
+def test_the_keys_own_overview_shows_its_labs_plan_quotas(cast, gateway, make_key, llm):
+    _, full = make_key()
+    assert key_client(full).get("/api/v1/key").json()["plan_quotas"] is None
+    plan_with_quotas(cast.lab, cast.alpha, {None: 10, llm: 3})
+    authorize(gateway, full)
+    overview = key_client(full).get("/api/v1/key").json()["plan_quotas"]
+    assert overview["plan"] == "free" and overview["period_end"] > overview["period_start"]
+    assert overview["quotas"] == [
+        {"service": "*", "limit": 10, "remaining": 9},
+        {"service": "ml-llm", "limit": 3, "remaining": 2},
+    ]
