@@ -122,6 +122,18 @@ _ERRORS = {
 }
 
 
+_READ_ERRORS = {status: response for status, response in _ERRORS.items() if status != 400}
+
+
+def _lab_on_a_plan(request: Request, lab_id: str) -> tuple[Lab, PlanSubscription]:
+    """The lab (404 if the token cannot see it) and the plan it is on (404 if none)."""
+    lab = account_selectors.lab_get(actor=request.auth, lab_uuid=lab_id)
+    subscription = selectors.plan_subscription_current(lab_id=lab.pk)
+    if subscription is None:
+        raise NotFoundError("The lab is on no plan")
+    return lab, subscription
+
+
 class PlanListView(APIView):
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [PlansScope, OperatorToken]
@@ -147,14 +159,11 @@ class LabPlanView(APIView):
     @extend_schema(
         operation_id="lab_plan_retrieve",
         summary="The plan a lab is on, with this period's credits",
-        responses={200: LabPlanOut, **{s: r for s, r in _ERRORS.items() if s != 400}},
+        responses={200: LabPlanOut, **_READ_ERRORS},
         tags=["plans"],
     )
     def get(self, request: Request, lab_id: str) -> Response:
-        lab = account_selectors.lab_get(actor=request.auth, lab_uuid=lab_id)
-        subscription = selectors.plan_subscription_current(lab_id=lab.pk)
-        if subscription is None:
-            raise NotFoundError("The lab is on no plan")
+        lab, subscription = _lab_on_a_plan(request, lab_id)
         return Response(LabPlanOut(_lab_plan(lab, subscription)).data)
 
     @extend_schema(
@@ -183,13 +192,10 @@ class LabPlanView(APIView):
     @extend_schema(
         operation_id="lab_plan_end",
         summary="End a lab's plan: no more renewals; this period's credits stay until it ends",
-        responses={200: LabPlanOut, **{s: r for s, r in _ERRORS.items() if s != 400}},
+        responses={200: LabPlanOut, **_READ_ERRORS},
         tags=["plans"],
     )
     def delete(self, request: Request, lab_id: str) -> Response:
-        lab = account_selectors.lab_get(actor=request.auth, lab_uuid=lab_id)
-        subscription = selectors.plan_subscription_current(lab_id=lab.pk)
-        if subscription is None:
-            raise NotFoundError("The lab is on no plan")
+        lab, subscription = _lab_on_a_plan(request, lab_id)
         ended = plans.plan_end(subscription=subscription)
         return Response(LabPlanOut(_lab_plan(lab, ended)).data)
