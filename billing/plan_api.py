@@ -41,18 +41,16 @@ class PlanNotFoundError(NotFoundError):
     default_message = "Plan not found"
 
 
-def credits_field(**kwargs: Any) -> serializers.DecimalField:
-    return serializers.DecimalField(max_digits=24, decimal_places=6, **kwargs)
-
-
 class PlanOut(serializers.Serializer):
     slug = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
-    credits = credits_field(help_text="Credits granted every period.")
+    credits = serializers.DecimalField(
+        max_digits=24, decimal_places=6, help_text="Credits granted every period."
+    )
     period = serializers.CharField(help_text="monthly or weekly, from the day a lab joins.")
     rollover = serializers.CharField(help_text="reset, or carry (up to rollover_max).")
-    rollover_max = credits_field(allow_null=True)
+    rollover_max = serializers.DecimalField(max_digits=24, decimal_places=6, allow_null=True)
     category = serializers.CharField()
     is_default = serializers.BooleanField(help_text="New users' personal labs start on it.")
     active = serializers.BooleanField(help_text="False: no new subscriptions.")
@@ -65,9 +63,13 @@ class LabPlanOut(serializers.Serializer):
     started_at = serializers.DateTimeField()
     period_start = serializers.DateTimeField()
     period_end = serializers.DateTimeField(help_text="When the plan renews.")
-    period_credits = credits_field(help_text="This period's grant.")
-    period_credits_left = credits_field(
-        help_text="Of which still in the lab or its projects, not held by running work."
+    period_credits = serializers.DecimalField(
+        max_digits=24, decimal_places=6, help_text="This period's grant."
+    )
+    period_credits_left = serializers.DecimalField(
+        max_digits=24,
+        decimal_places=6,
+        help_text="Of which still in the lab or its projects, not held by running work.",
     )
     ended_at = serializers.DateTimeField(allow_null=True)
 

@@ -73,8 +73,8 @@ class PlanQuotas:
         start, end = period_bounds(started_at=self.started_at, period=self.period, index=index)
         return index, start, end
 
-    def counters(self, at: datetime) -> list[str]:
-        index = self.bounds(at)[0]
+    def counters(self, index: int) -> list[str]:
+        """The Redis counters of period `index`, one per quota."""
         # One hash tag per subscription: its counters share a cluster slot. The `rl:` prefix
         # keeps them with the rate-limit windows.
         return [f"rl:{{p{self.subscription}}}:{index}:{scope}" for scope, _ in self.limits]
@@ -110,9 +110,9 @@ def _scripts(url: str) -> tuple[Any, Any]:
 
 def consume(quotas: PlanQuotas, at: datetime) -> QuotaResult:
     """Count one request in every scope, or in none if one has no request left."""
-    _, _, end = quotas.bounds(at)
+    index, _, end = quotas.bounds(at)
     expires_ms = int((end + COUNTER_GRACE).timestamp() * 1000)
-    counters = quotas.counters(at)
+    counters = quotas.counters(index)
     consume_script, _ = _scripts(settings.REDIS_URL)
     try:
         raw = consume_script(
@@ -156,7 +156,7 @@ def left(quotas: PlanQuotas, at: datetime) -> list[QuotaLeft]:
     if not quotas.limits:
         return []
     try:
-        values = redis_client(settings.REDIS_URL).mget(quotas.counters(at))
+        values = redis_client(settings.REDIS_URL).mget(quotas.counters(quotas.bounds(at)[0]))
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
     return [
