@@ -9,16 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from billing.models import Plan
-from billing.plan_admin import PlanAdmin
-from keys.models import ApiKey, KeyJob, KeyLimit, PlanQuota
+from billing.models import Plan, PlanSubscription
+from billing.plan_admin import PlanAdmin, PlanSubscriptionAdmin
+from keys import quotas, selectors
+from keys.models import ALL_SERVICES, ApiKey, KeyJob, KeyLimit, PlanQuota
 from keys.services import key_revoke
 
 PASTED_KEY = re.compile(r"sk_([a-z0-9]{1,32})(?:_.*)?")
@@ -172,3 +173,65 @@ admin.site.unregister(Plan)
 @admin.register(Plan)
 class PlanWithQuotasAdmin(PlanAdmin):
     inlines = [PlanQuotaInline]
+
+
+admin.site.unregister(PlanSubscription)
+
+
+@admin.register(PlanSubscription)
+class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
+    """Shows what a lab used of its plan's request quotas this period, and resets them."""
+
+    actions = [*PlanSubscriptionAdmin.actions, "reset_quotas"]
+    readonly_fields = [*PlanSubscriptionAdmin.readonly_fields, "request_quotas"]
+
+    @admin.display(description="Request quotas this period")
+    def request_quotas(self, obj: PlanSubscription) -> str:
+        plan_quotas = _current_quotas(obj)
+        if plan_quotas is None:
+            return "—"
+        try:
+            counted = quotas.left(plan_quotas, timezone.now())
+        except quotas.RateLimiterUnavailable:
+            return "Cannot be read right now (Redis is unavailable)"
+        return (
+            "; ".join(
+                f"{'every service' if q.scope == ALL_SERVICES else q.scope}: "
+                f"{q.used:,} of {q.limit:,} used"
+                for q in counted
+            )
+            or "—"
+        )
+
+    @admin.action(
+        description="Reset the request quotas of this period (counts start from zero)",
+        permissions=["change"],
+    )
+    def reset_quotas(self, request: HttpRequest, queryset: QuerySet[PlanSubscription]) -> None:
+        now, reset = timezone.now(), 0
+        for subscription in queryset:
+            plan_quotas = _current_quotas(subscription)
+            if plan_quotas is None:
+                continue
+            try:
+                for scope, _ in plan_quotas.limits:
+                    quotas.reset(plan_quotas, scope, now)
+            except quotas.RateLimiterUnavailable:
+                self.message_user(request, "Redis is unavailable: nothing reset.", messages.ERROR)
+                return
+            self.log_change(request, subscription, "Reset the request quotas of this period.")
+            reset += 1
+        self.message_user(
+            request,
+            f"Reset the request quotas of {reset} subscription(s); "
+            "ended ones and plans without quotas have none.",
+            messages.SUCCESS,
+        )
+
+
+def _current_quotas(subscription: PlanSubscription) -> quotas.PlanQuotas | None:
+    """The subscription's quotas, if it is its lab's current one and its plan has any."""
+    plan_quotas = selectors.plan_quotas(lab_id=subscription.lab_id)
+    if plan_quotas is None or plan_quotas.subscription != subscription.uuid:
+        return None
+    return plan_quotas if plan_quotas.limits else None

@@ -151,6 +151,20 @@ class QuotaLeft:
         return max(self.limit - self.used, 0)
 
 
+def reset(quotas: PlanQuotas, scope: str, at: datetime) -> bool:
+    """Start this period's count of one quota ("*" or a service slug) again from zero, as an
+    operator may for a lab that ran out. False, changing nothing: the plan has no such quota."""
+    scopes = [name for name, _ in quotas.limits]
+    if scope not in scopes:
+        return False
+    counter = quotas.counters(quotas.bounds(at)[0])[scopes.index(scope)]
+    try:
+        redis_client(settings.REDIS_URL).delete(counter)
+    except redis.RedisError as exc:
+        raise RateLimiterUnavailable(str(exc)) from exc
+    return True
+
+
 def left(quotas: PlanQuotas, at: datetime) -> list[QuotaLeft]:
     """Each quota with the requests counted against it this period."""
     if not quotas.limits:

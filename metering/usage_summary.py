@@ -4,9 +4,10 @@ rebuilt every minute by the worker) and its latest closed jobs: the lab's usage 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from dateutil.relativedelta import relativedelta
 from django.db.models import Sum
 
 from accounts.models import Lab, Project
@@ -42,6 +43,13 @@ def usage_window(key: str, now: datetime) -> Window:
 
 
 WINDOW_KEYS = ("24h", "30d", "month")
+
+
+def month_window(year: int, month: int) -> Window:
+    """A whole calendar month (UTC), by day."""
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = start + relativedelta(months=1)
+    return Window(f"{year:04}-{month:02}", f"{start:%B %Y}", RollupPeriod.DAY, start, end)
 
 
 @dataclass

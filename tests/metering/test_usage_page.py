@@ -1,6 +1,7 @@
 """The lab's usage page: what its projects used and spent, from the rollups the worker builds
 out of real charges; members see it, outsiders get 404. Its CSV downloads: every job closed in
-the window and the window's sums, streamed, with names that cannot run as spreadsheet formulas."""
+the window and the window's sums, streamed, with names that cannot run as spreadsheet formulas.
+Operators read a lab's calendar month from the same rollups at /api/admin/labs/{id}/usage/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from decimal import Decimal
 import pytest
 import time_machine
 
+from accounts.models import Scope
 from accounts.services import project_create
 from billing import services as billing
 from core.csv_download import csv_cell
@@ -258,3 +260,40 @@ def test_the_download_is_sent_in_chunks_as_it_is_read(client, cast, used, monkey
         response = client.get(f"/app/labs/{cast.lab.uuid}/usage/jobs.csv?window=24h")
         chunks = [chunk.decode() for chunk in response.streaming_content]
     assert [chunk.count("\n") for chunk in chunks] == [3, 1]  # header + 2 rows, then 1 row
+
+
+@pytest.fixture
+def operator(token_client):
+    return token_client([Scope.PLANS])
+
+
+def test_a_labs_month_of_usage_per_service_project_and_day(cast, used, operator):
+    _, sim = used  # in November 2026, in Alice's lab: 0.04 of ml-llm and 79.5 of the sim
+    response = operator.get(f"/api/admin/labs/{cast.lab.uuid}/usage/2026/11")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert (body["lab"], body["year"], body["month"]) == (str(cast.lab.uuid), 2026, 11)
+    assert (body["credits"], body["jobs"]) == ("79.540000", 3)
+    assert body["services"] == [
+        {"service": "single-cell-sim", "unit": sim.unit_label, "units": "7800", "jobs": 1,
+         "credits": "79.500000"},
+        {"service": "ml-llm", "unit": "token", "units": "4000", "jobs": 2,
+         "credits": "0.040000"},
+    ]  # fmt: skip
+    alpha = next(row for row in body["projects"] if row["project"] == str(cast.alpha.uuid))
+    assert alpha["credits"] == "79.540000"
+    assert len(body["days"]) == 30 and body["days"][19] == {
+        "date": "2026-11-20", "credits": "79.540000"
+    }  # fmt: skip
+    assert sum(Decimal(day["credits"]) for day in body["days"]) == Decimal("79.54")
+    # Charlie's lab used ml-llm the same day; none of it is in Alice's, and another month is empty.
+    december = operator.get(f"/api/admin/labs/{cast.lab.uuid}/usage/2026/12").json()
+    assert (december["credits"], december["services"], len(december["days"])) == (
+        "0.000000", [], 31
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["2026/13", "2026/0", "1999/1", "9999/12", "99999999999999/1"])
+def test_a_month_that_is_not_one_is_400(cast, operator, path):
+    response = operator.get(f"/api/admin/labs/{cast.lab.uuid}/usage/{path}")
+    assert (response.status_code, response.json()["error_code"]) == (400, "INVALID_REQUEST")
