@@ -1,10 +1,13 @@
-"""Celery tasks of billing: thin, each calls one function."""
+"""Celery tasks of billing: thin, each calls the function that does the work."""
 
 from __future__ import annotations
 
 import smtplib
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
 
 from billing import auto_recharge, balance_alerts, plans, receipts, sweeps
 from billing.errors import PaymentProviderError
@@ -37,7 +40,19 @@ def grants_expire() -> int:
 
 @shared_task(name="billing.plan_periods_renew", **RETRY_ON_DB_ERRORS)
 def plan_periods_renew() -> int:
-    return plans.plan_periods_renew()
+    renewed = plans.plan_periods_renew()
+    # A period ending before the next sweep renews at its end: a lab on a plan is not left
+    # without its credits for up to a sweep period. Two sweeps ahead, so beat's jitter leaves
+    # no period out; a second renewal of the same period writes nothing.
+    ahead = timedelta(seconds=2 * settings.CELERY_BEAT_SCHEDULE["plan-periods-renew"]["schedule"])
+    for subscription_id, period_end in plans.periods_ending(now=timezone.now(), within=ahead):
+        plan_renew.apply_async(args=[subscription_id], eta=period_end)
+    return renewed
+
+
+@shared_task(name="billing.plan_renew", **RETRY_ON_DB_ERRORS)
+def plan_renew(subscription_id: int) -> bool:
+    return plans.plan_renew(subscription_id=subscription_id)
 
 
 @shared_task(name="billing.ledger_audit")

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 from allauth.account.models import EmailAddress
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.models import Lab, Project, Role, User
@@ -22,6 +25,7 @@ from accounts.services import (
     service_token_create,
     user_create,
 )
+from tests.celery_worker import celery_worker
 
 PASSWORD = "correct-horse-battery"
 
@@ -100,3 +104,11 @@ def token_client():
         return client
 
     return make
+
+
+@pytest.fixture
+def worker_on_the_test_database():
+    """A real Celery worker process whose Django uses this test's database."""
+    url = urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{connection.settings_dict['NAME']}")
+    with celery_worker(DATABASE_URL=url.geturl()) as process:
+        yield process

@@ -1,11 +1,13 @@
 """Plans: a grant every period that expires when the period ends, reset or carried over."""
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
+from dateutil.relativedelta import relativedelta
 from django.utils import timezone
 
 from accounts.models import Lab
@@ -450,3 +452,52 @@ def test_the_public_prices_page_tells_what_new_accounts_get(client):
         "unused credits carried over up to 5. Try it." in page
     )
     assert "Hidden" not in page
+
+
+@pytest.mark.django_db
+def test_the_periods_ending_before_the_next_sweeps_are_the_open_ones_in_the_window(cast):
+    with time_machine.travel(JAN_31, tick=False):
+        ending = plans.plan_subscribe(lab=cast.lab, plan=make_plan(), project=cast.alpha)
+        weekly = make_plan(slug="weekly", name="Weekly", period="weekly")
+        ended = plans.plan_subscribe(lab=cast.charlie_lab, plan=weekly)
+        plans.plan_end(subscription=ended)
+    end = ending.period_end  # 2027-02-28 10:00
+    assert plans.periods_ending(now=end - timedelta(seconds=90), within=timedelta(minutes=2)) == [
+        (ending.pk, end)
+    ]
+    assert plans.periods_ending(now=end - timedelta(minutes=3), within=timedelta(minutes=2)) == []
+    assert plans.periods_ending(now=end, within=timedelta(minutes=2)) == []  # due: the sweep's
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_renews_a_period_at_its_end_not_a_sweep_later(
+    cast, worker_on_the_test_database
+):
+    """The sweep runs a few seconds before the period ends; no sweep runs after it, yet the lab
+    gets its next period's credits as the period ends."""
+    from billing import tasks
+    from config.celery import app
+
+    app.conf.task_always_eager = False  # the real broker and worker (restored by _tasks_inline)
+    subscription = plans.plan_subscribe(lab=cast.lab, plan=make_plan(), project=cast.alpha)
+    # Move the subscription back in time, so that its first period ends four seconds from now.
+    end = timezone.now().replace(microsecond=0) + timedelta(seconds=4)
+    start = end - relativedelta(months=1)
+    PlanSubscription.objects.filter(pk=subscription.pk).update(
+        started_at=start, period_start=start, period_end=end
+    )
+    Grant.objects.filter(pk=subscription.grant_id).update(effective_at=start, expires_at=end)
+    assert tasks.plan_periods_renew.delay().get(timeout=60) == 0  # nothing due yet
+    deadline = time.monotonic() + 60
+    while PlanSubscription.objects.get(pk=subscription.pk).period_index == 0:
+        assert time.monotonic() < deadline, "the period was not renewed at its end"
+        time.sleep(0.2)
+    first_grant = subscription.grant
+    subscription.refresh_from_db()
+    assert (subscription.period_start, subscription.period_end) == (
+        end, end + relativedelta(months=1)
+    )  # fmt: skip
+    assert subscription.grant.created_at >= end and subscription.grant.amount == D("10")
+    first_grant.refresh_from_db()
+    assert first_grant.expired_at is not None
+    assert budget(cast.alpha) == D("10")  # the old period's 10 went back; the new 10 came

@@ -1,14 +1,11 @@
 """The workers' tasks: on the beat schedule, and run end to end by a real Celery worker on the
 test database."""
 
-import os
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from billing import services as billing
@@ -16,7 +13,6 @@ from config.celery import app
 from metering import tasks
 from metering.models import Job, ServiceType
 from metering.reservations import reservation_create
-from tests.celery_worker import celery_worker
 from tests.metering.test_reservations import priced_service
 from tests.metering.test_usage import SIM_TIERS
 
@@ -32,14 +28,6 @@ def test_every_periodic_job_is_on_the_schedule():
         "billing.grants_expire", "billing.ledger_audit", "billing.plan_periods_renew",
     }  # fmt: skip
     assert scheduled <= set(app.tasks)
-
-
-@pytest.fixture
-def worker_on_the_test_database():
-    """A real worker process whose Django uses this test's database."""
-    url = urlsplit(os.environ["DATABASE_URL"])._replace(path=f"/{connection.settings_dict['NAME']}")
-    with celery_worker(DATABASE_URL=url.geturl()) as process:
-        yield process
 
 
 @pytest.mark.django_db(transaction=True)
