@@ -643,8 +643,19 @@ class PlanSubscription(TimeStampedModel):
         Grant, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     ended_at = models.DateTimeField(null=True, blank=True)
+    # Who put the lab on the plan, and who ended it (an operator, or a platform's token; none:
+    # the signup's default plan). Ended by a new plan: whoever chose that one.
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_by_token = models.ForeignKey(
+        ServiceToken, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ended_by_token = models.ForeignKey(
+        ServiceToken, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
 
     class Meta:

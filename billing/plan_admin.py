@@ -160,6 +160,9 @@ class PlanSubscriptionAdmin(admin.ModelAdmin):
         "grant",
         "ended_at",
         "created_by",
+        "created_by_token",
+        "ended_by",
+        "ended_by_token",
         "created_at",
     ]
 
@@ -201,7 +204,10 @@ class PlanSubscriptionAdmin(admin.ModelAdmin):
         description="End selected subscriptions (no more renewals)", permissions=["change"]
     )
     def end(self, request: HttpRequest, queryset: QuerySet[PlanSubscription]) -> None:
-        ended = [plans.plan_end(subscription=subscription) for subscription in queryset]
+        ended = [
+            plans.plan_end(subscription=subscription, actor=request.user)  # type: ignore[arg-type]
+            for subscription in queryset
+        ]
         self.message_user(
             request,
             f"Ended {len(ended)} subscription(s); this period's credits stay until it ends.",

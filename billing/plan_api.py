@@ -199,5 +199,5 @@ class LabPlanView(APIView):
     )
     def delete(self, request: Request, lab_id: str) -> Response:
         lab, subscription = _lab_on_a_plan(request, lab_id)
-        ended = plans.plan_end(subscription=subscription)
+        ended = plans.plan_end(subscription=subscription, actor=request.auth)
         return Response(LabPlanOut(_lab_plan(lab, ended)).data)

@@ -17,7 +17,7 @@ from dateutil.relativedelta import relativedelta
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from accounts.models import Lab, Project, User
+from accounts.models import Lab, Project, ServiceToken, User
 from accounts.selectors import Actor
 from accounts.services import DEFAULT_PROJECT_NAME
 from billing.errors import PlanError
@@ -119,7 +119,7 @@ def plan_subscribe(
     project = project or _default_project(lab)
     now = timezone.now()
     PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
-        ended_at=now, updated_at=now
+        ended_at=now, updated_at=now, **_by("ended_by", actor)
     )
     start, end = period_bounds(started_at=now, period=plan.period, index=0)
     subscription = PlanSubscription.objects.create(
@@ -129,7 +129,7 @@ def plan_subscribe(
         started_at=now,
         period_start=start,
         period_end=end,
-        created_by=actor if isinstance(actor, User) else None,
+        **_by("created_by", actor),
     )
     subscription.grant = _period_grant(subscription, carried=ZERO, actor=actor)
     subscription.save(update_fields=["grant", "updated_at"])
@@ -137,13 +137,23 @@ def plan_subscribe(
 
 
 @transaction.atomic
-def plan_end(*, subscription: PlanSubscription) -> PlanSubscription:
+def plan_end(*, subscription: PlanSubscription, actor: Actor = None) -> PlanSubscription:
     """Stop renewing. The current period's credits stay until the period ends."""
     subscription = PlanSubscription.objects.select_for_update(no_key=True).get(pk=subscription.pk)
     if subscription.ended_at is None:
         subscription.ended_at = timezone.now()
-        subscription.save(update_fields=["ended_at", "updated_at"])
+        for field, value in _by("ended_by", actor).items():
+            setattr(subscription, field, value)
+        subscription.save(update_fields=["ended_at", "ended_by", "ended_by_token", "updated_at"])
     return subscription
+
+
+def _by(field: str, actor: Actor) -> dict[str, User | ServiceToken | None]:
+    """`field` and `field`_token, as the actor is a person or a service token."""
+    return {
+        field: actor if isinstance(actor, User) else None,
+        f"{field}_token": actor if isinstance(actor, ServiceToken) else None,
+    }
 
 
 def _carried(subscription: PlanSubscription) -> Decimal:

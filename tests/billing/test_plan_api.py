@@ -56,6 +56,9 @@ def test_an_operator_token_puts_a_lab_on_a_plan_reads_it_and_ends_it(cast, start
     assert operator.get(plan_url(cast.lab)).json() == body
     ended = operator.delete(plan_url(cast.lab))
     assert ended.status_code == 200 and ended.json()["ended_at"] is not None
+    subscription = PlanSubscription.objects.get(lab=cast.lab)
+    assert subscription.created_by_token == subscription.ended_by_token == entry.actor_token
+    assert (subscription.created_by, subscription.ended_by) == (None, None)
     response = operator.get(plan_url(cast.lab))
     assert (response.status_code, response.json()["message"]) == (404, "The lab is on no plan")
     assert operator.delete(plan_url(cast.lab)).status_code == 404

@@ -317,6 +317,8 @@ def test_operator_puts_a_lab_on_a_plan_and_ends_it(client, operator, cast):
     assert response.status_code == 302, response.context["adminform"].form.errors
     current = PlanSubscription.objects.get(lab=cast.lab, ended_at__isnull=True)
     assert current.plan == other
+    subscription.refresh_from_db()
+    assert (subscription.ended_by, subscription.ended_by_token) == (operator, None)
     assert client.get(f"/admin/billing/plan/{plan.pk}/delete/").status_code == 403
     assert client.get("/admin/billing/plan/").status_code == 200
     response = client.post(
@@ -325,6 +327,10 @@ def test_operator_puts_a_lab_on_a_plan_and_ends_it(client, operator, cast):
     )
     assert response.status_code == 302
     assert not PlanSubscription.objects.filter(ended_at__isnull=True).exists()
+    current.refresh_from_db()
+    assert current.ended_by == operator  # who ended it, for the audit
+    page = client.get(f"/admin/billing/plansubscription/{current.pk}/change/").content.decode()
+    assert "Ended by" in page
 
 
 @pytest.mark.django_db
