@@ -577,6 +577,12 @@ class Plan(TimeStampedModel):
         default=DEFAULT_PRIORITY[GrantCategory.PROMOTIONAL],
         help_text="Burn order of the plan's grants: lower burns first.",
     )
+    periods = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="A trial or a fixed term: the plan ends after this many periods, and the lab "
+        "is then on no plan. Empty: it renews until ended.",
+    )
     is_default = models.BooleanField(
         default=False, help_text="Given to every new user's personal lab at signup."
     )
@@ -602,6 +608,11 @@ class Plan(TimeStampedModel):
                 "10^12 together.",
             ),
             models.CheckConstraint(
+                condition=Q(periods__isnull=True) | Q(periods__gte=1),
+                name="plan_periods_at_least_one",
+                violation_error_message="A plan lasts at least one period.",
+            ),
+            models.CheckConstraint(
                 condition=Q(is_default=False) | Q(active=True),
                 name="plan_default_is_active",
                 violation_error_message="The default plan must be active.",
@@ -618,9 +629,20 @@ class Plan(TimeStampedModel):
         return self.name
 
     @property
+    def term(self) -> str:
+        """How long the plan lasts: `3 months`, `1 week`; empty: until ended."""
+        if self.periods is None:
+            return ""
+        unit = "month" if self.period == PlanPeriod.MONTHLY else "week"
+        return f"{self.periods} {unit}{'' if self.periods == 1 else 's'}"
+
+    @property
     def summary(self) -> str:
-        """`25 credits monthly, unused credits carried over up to 10`."""
+        """`25 credits monthly, unused credits carried over up to 10`; a trial: `5 credits
+        monthly for 1 month, unused credits expire at the end of each period`."""
         text = f"{decimal_plain(self.credits)} credits {self.get_period_display().lower()}"
+        if self.term:
+            text = f"{text} for {self.term}"
         if self.rollover == PlanRollover.CARRY and self.rollover_max:
             return f"{text}, unused credits carried over up to {decimal_plain(self.rollover_max)}"
         return f"{text}, unused credits expire at the end of each period"
@@ -683,3 +705,9 @@ class PlanSubscription(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.lab} on {self.plan}"
+
+    @property
+    def is_last_period(self) -> bool:
+        """The current period is the plan's last (a trial, a fixed term): it ends, not renews."""
+        periods = self.plan.periods
+        return periods is not None and self.period_index + 1 >= periods

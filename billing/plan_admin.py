@@ -35,6 +35,7 @@ class PlanForm(forms.ModelForm):
             "period",
             "rollover",
             "rollover_max",
+            "periods",
             "category",
             "priority",
             "is_default",
@@ -48,6 +49,8 @@ class PlanForm(forms.ModelForm):
             self.add_error("rollover_max", "Carry-over needs a maximum.")
         if not carry and data.get("rollover_max") is not None:
             self.add_error("rollover_max", "Only carry-over takes a maximum; leave it empty.")
+        if data.get("periods") == 0:
+            self.add_error("periods", "A plan lasts at least one period; empty: it has no end.")
         if data.get("is_default") and not data.get("active"):
             self.add_error("is_default", "The default plan must be active.")
         credits, most_carried = data.get("credits"), data.get("rollover_max") or 0
@@ -69,6 +72,7 @@ class PlanAdmin(admin.ModelAdmin):
         "period",
         "rollover",
         "rollover_max",
+        "periods",
         "category",
         "is_default",
         "active",

@@ -51,6 +51,11 @@ class PlanOut(serializers.Serializer):
     period = serializers.CharField(help_text="monthly or weekly, from the day a lab joins.")
     rollover = serializers.CharField(help_text="reset, or carry (up to rollover_max).")
     rollover_max = serializers.DecimalField(max_digits=24, decimal_places=6, allow_null=True)
+    periods = serializers.IntegerField(
+        allow_null=True,
+        help_text="A trial or a fixed term: the plan ends after this many periods; null: it "
+        "renews until ended.",
+    )
     category = serializers.CharField()
     is_default = serializers.BooleanField(help_text="New users' personal labs start on it.")
     active = serializers.BooleanField(help_text="False: no new subscriptions.")
@@ -62,7 +67,11 @@ class LabPlanOut(serializers.Serializer):
     project = UUIDField(help_text="Receives the plan's credits.")
     started_at = serializers.DateTimeField()
     period_start = serializers.DateTimeField()
-    period_end = serializers.DateTimeField(help_text="When the plan renews.")
+    period_end = serializers.DateTimeField(help_text="When the plan renews, or ends.")
+    renews = serializers.BooleanField(
+        help_text="False: this is the plan's last period (or the plan has ended); at "
+        "period_end the lab is on no plan."
+    )
     period_credits = serializers.DecimalField(
         max_digits=24, decimal_places=6, help_text="This period's grant."
     )
@@ -93,6 +102,7 @@ def _plan(plan: Plan) -> dict[str, Any]:
         "period": plan.period,
         "rollover": plan.rollover,
         "rollover_max": plan.rollover_max,
+        "periods": plan.periods,
         "category": plan.category,
         "is_default": plan.is_default,
         "active": plan.active,
@@ -108,6 +118,7 @@ def _lab_plan(lab: Lab, subscription: PlanSubscription) -> dict[str, Any]:
         "started_at": subscription.started_at,
         "period_start": subscription.period_start,
         "period_end": subscription.period_end,
+        "renews": subscription.ended_at is None and not subscription.is_last_period,
         "period_credits": state.granted,
         "period_credits_left": state.left,
         "ended_at": subscription.ended_at,

@@ -172,8 +172,9 @@ def _carried(subscription: PlanSubscription) -> Decimal:
 @transaction.atomic
 def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
     """Move an open subscription whose period has ended into the period that contains `now`,
-    with that period's grant. Periods missed entirely (no sweep ran through them) are not
-    granted after the fact. False, writing nothing, when there is nothing to renew."""
+    with that period's grant, or end it if that was the plan's last period. Periods missed
+    entirely (no sweep ran through them) are not granted after the fact. False, writing
+    nothing, when there is nothing to renew."""
     now = now or timezone.now()
     subscription = (
         PlanSubscription.objects.select_for_update(no_key=True, of=("self",))
@@ -183,6 +184,11 @@ def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
     if subscription.ended_at is not None or subscription.period_end > now:
         return False
     carried = _carried(subscription)
+    if subscription.is_last_period:
+        # A trial's or a fixed term's end: the lab is on no plan from the period's end.
+        subscription.ended_at = subscription.period_end
+        subscription.save(update_fields=["ended_at", "updated_at"])
+        return True
     started_at, period = subscription.started_at, subscription.plan.period
     index = max(
         subscription.period_index + 1,

@@ -507,3 +507,62 @@ def test_a_real_worker_renews_a_period_at_its_end_not_a_sweep_later(
     first_grant.refresh_from_db()
     assert first_grant.expired_at is not None
     assert budget(cast.alpha) == D("10")  # the old period's 10 went back; the new 10 came
+
+
+@pytest.mark.django_db
+def test_a_trial_plan_grants_its_periods_then_ends_and_the_lab_is_on_no_plan(client, cast):
+    trial = make_plan(slug="trial", name="Trial", periods=2, credits=D("5"))
+    with time_machine.travel(JAN_31, tick=False):
+        subscription = plans.plan_subscribe(lab=cast.lab, plan=trial, project=cast.alpha)
+        assert not subscription.is_last_period
+    with time_machine.travel(datetime(2027, 2, 28, 10, tzinfo=UTC), tick=False):
+        assert plans.plan_periods_renew() == 1  # the second and last period
+        subscription.refresh_from_db()
+        assert (subscription.period_index, subscription.is_last_period) == (1, True)
+        spend(cast.alpha, "2")
+        client.force_login(cast.bob)
+        page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+        assert "5 credits monthly for 2 months" in page
+        assert "this is the plan's last period: it ends on" in page
+        assert "31 Mar 2027, 10:00 UTC" in page
+    with time_machine.travel(datetime(2027, 3, 31, 10, 0, 30, tzinfo=UTC), tick=False):
+        assert plans.plan_periods_renew() == 1  # ends it
+        subscription.refresh_from_db()
+        assert subscription.ended_at == datetime(2027, 3, 31, 10, tzinfo=UTC)  # at its end
+        assert (subscription.ended_by, subscription.ended_by_token) == (None, None)
+        assert subscription.grant.expired_at is not None
+        assert Grant.objects.filter(source=GrantSource.PLAN).count() == 2  # nothing more
+        assert budget(cast.alpha) == 0  # 3 went back; the 2 held stay with their job
+        assert plan_current(lab=cast.lab) is None
+        assert plans.plan_periods_renew() == 0
+        page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+        assert 'data-testid="plan"' not in page
+        # Putting the lab on the trial again is an operator's (or a platform's) choice.
+        again = plans.plan_subscribe(lab=cast.lab, plan=trial)
+        assert again.pk != subscription.pk and again.grant.amount == D("5")
+
+
+@pytest.mark.django_db
+def test_a_one_period_trial_ends_when_its_first_period_does(cast):
+    with time_machine.travel(JAN_31, tick=False):
+        plans.plan_subscribe(lab=cast.lab, plan=make_plan(periods=1), project=cast.alpha)
+    with time_machine.travel(datetime(2027, 4, 15, tzinfo=UTC), tick=False):  # sweeps missed
+        assert plans.plan_periods_renew() == 1
+        subscription = PlanSubscription.objects.get(lab=cast.lab)
+        assert subscription.ended_at == datetime(2027, 2, 28, 10, tzinfo=UTC)
+        assert Grant.objects.filter(source=GrantSource.PLAN).count() == 1
+        assert budget(cast.alpha) == 0
+
+
+@pytest.mark.django_db
+def test_a_plan_lasts_at_least_one_period(client, operator):
+    client.force_login(operator)
+    response = client.post("/admin/billing/plan/add/", plan_form(rollover="reset", periods="0"))
+    errors = response.context["adminform"].form.errors
+    assert errors["periods"] == ["A plan lasts at least one period; empty: it has no end."]
+    assert not Plan.objects.exists()
+    response = client.post("/admin/billing/plan/add/", plan_form(rollover="reset", periods="3"))
+    assert response.status_code == 302
+    assert Plan.objects.get().summary == (
+        "50 credits monthly for 3 months, unused credits expire at the end of each period"
+    )
