@@ -240,15 +240,18 @@ def plan_periods_renew(*, now: datetime | None = None, batch: int = 500) -> int:
     return renewed
 
 
-def periods_ending(*, now: datetime, within: timedelta) -> list[tuple[int, datetime]]:
+def periods_ending(
+    *, now: datetime, within: timedelta, batch: int = 500
+) -> list[tuple[int, datetime]]:
     """Open subscriptions whose period ends after `now` and within `within` of it, with that
-    end: the renewal sweep has each renewed at its end, rather than up to a sweep later."""
+    end (the first `batch`; the sweep renews the others): the renewal sweep has each renewed
+    at its end, rather than up to a sweep later."""
     return list(
         PlanSubscription.objects.filter(
             period_end__gt=now, period_end__lte=now + within, ended_at__isnull=True
         )
         .order_by("period_end", "id")
-        .values_list("pk", "period_end")
+        .values_list("pk", "period_end")[:batch]
     )
 
 

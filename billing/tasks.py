@@ -33,6 +33,9 @@ RETRY_ON_MAIL_ERRORS = {
 }
 
 
+RENEW_AHEAD_MAX = timedelta(minutes=10)
+
+
 @shared_task(name="billing.grants_expire", **RETRY_ON_DB_ERRORS)
 def grants_expire() -> int:
     return sweeps.grants_expire()
@@ -41,12 +44,14 @@ def grants_expire() -> int:
 @shared_task(name="billing.plan_periods_renew", **RETRY_ON_DB_ERRORS)
 def plan_periods_renew() -> int:
     renewed = plans.plan_periods_renew()
-    # A period ending before the next sweep renews at its end: a lab on a plan is not left
-    # without its credits for up to a sweep period. Two sweeps ahead, so beat's jitter leaves
-    # no period out; a second renewal of the same period writes nothing.
-    ahead = timedelta(seconds=2 * settings.CELERY_BEAT_SCHEDULE["plan-periods-renew"]["schedule"])
+    # A period ending before the next sweep renews at its end, not up to a sweep later (one
+    # that falls between two sweeps' windows still renews at the next sweep). A second after
+    # the end, so a worker whose clock is a little behind finds the period over; at most
+    # RENEW_AHEAD_MAX ahead, well inside the broker's redelivery timeout for unacked tasks.
+    period = settings.CELERY_BEAT_SCHEDULE["plan-periods-renew"]["schedule"]
+    ahead = min(timedelta(seconds=period), RENEW_AHEAD_MAX)
     for subscription_id, period_end in plans.periods_ending(now=timezone.now(), within=ahead):
-        plan_renew.apply_async(args=[subscription_id], eta=period_end)
+        plan_renew.apply_async(args=[subscription_id], eta=period_end + timedelta(seconds=1))
     return renewed
 
 

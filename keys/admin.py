@@ -217,7 +217,12 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
                 for scope, _ in plan_quotas.limits:
                     quotas.reset(plan_quotas, scope, now)
             except quotas.RateLimiterUnavailable:
-                self.message_user(request, "Redis is unavailable: nothing reset.", messages.ERROR)
+                self.message_user(
+                    request,
+                    f"Redis is unavailable: reset the quotas of {reset} subscription(s) before "
+                    f"it failed; {subscription.lab}'s may be partly reset. Try again.",
+                    messages.ERROR,
+                )
                 return
             self.log_change(request, subscription, "Reset the request quotas of this period.")
             reset += 1
@@ -225,7 +230,7 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
             request,
             f"Reset the request quotas of {reset} subscription(s); "
             "ended ones and plans without quotas have none.",
-            messages.SUCCESS,
+            messages.SUCCESS if reset else messages.WARNING,
         )
 
 

@@ -26,34 +26,54 @@ from keys.ratelimit import RateLimiterUnavailable, redis_client
 
 COUNTER_GRACE = timedelta(days=1)
 
+# A counter is a hash: `n`, the requests counted this period, and `r`, how many times an
+# operator reset it, so that a request counted before a reset is not taken back out of the
+# requests counted after it.
+
 # KEYS: a counter per scope. ARGV: expiry (Unix ms), then per scope its quota. Returns allowed,
-# the refused scope (1-based, 0: none), then per scope the requests counted this period.
+# the refused scope (1-based, 0: none), per scope the requests counted this period, then (if
+# allowed) per scope its resets so far.
 _CONSUME = """
 local used = {}
 for i = 1, #KEYS do
-  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  used[i] = tonumber(redis.call('HGET', KEYS[i], 'n') or '0')
   if used[i] + 1 > tonumber(ARGV[i + 1]) then
     local out = {0, i}
     for j = 1, #KEYS do
-      table.insert(out, used[j] or tonumber(redis.call('GET', KEYS[j]) or '0'))
+      table.insert(out, used[j] or tonumber(redis.call('HGET', KEYS[j], 'n') or '0'))
     end
     return out
   end
 end
 local out = {1, 0}
 for i = 1, #KEYS do
-  table.insert(out, redis.call('INCR', KEYS[i]))
+  table.insert(out, redis.call('HINCRBY', KEYS[i], 'n', 1))
   redis.call('PEXPIREAT', KEYS[i], ARGV[1])
+end
+for i = 1, #KEYS do
+  table.insert(out, tonumber(redis.call('HGET', KEYS[i], 'r') or '0'))
 end
 return out
 """
 
-# KEYS: the counters of one request. Takes it back out; never below zero. Safe to call once per
-# counted request.
+# KEYS: the counters of one request; ARGV: per counter its resets when the request was counted.
+# Takes the request back out of each counter not reset since; never below zero. Safe to call
+# once per counted request.
 _GIVE_BACK = """
 for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+  local n = tonumber(redis.call('HGET', KEYS[i], 'n') or '0')
+  if n > 0 and tonumber(redis.call('HGET', KEYS[i], 'r') or '0') == tonumber(ARGV[i]) then
+    redis.call('HINCRBY', KEYS[i], 'n', -1)
+  end
 end
+return 1
+"""
+
+# KEYS: one counter; ARGV: its expiry (Unix ms). Counts from zero again.
+_RESET = """
+redis.call('HSET', KEYS[1], 'n', 0)
+redis.call('HINCRBY', KEYS[1], 'r', 1)
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -100,42 +120,52 @@ class QuotaResult:
     used: list[int]  # per scope of PlanQuotas.limits
     period_end: datetime
     counters: list[str]  # where it was counted, for give_back
+    resets: list[int]  # each counter's resets when it was counted, for give_back
+
+
+@dataclass(frozen=True)
+class _Scripts:
+    consume: Any
+    give_back: Any
+    reset: Any
 
 
 @functools.cache
-def _scripts(url: str) -> tuple[Any, Any]:
+def _scripts(url: str) -> _Scripts:
     client = redis_client(url)
-    return client.register_script(_CONSUME), client.register_script(_GIVE_BACK)
+    return _Scripts(*(client.register_script(lua) for lua in (_CONSUME, _GIVE_BACK, _RESET)))
+
+
+def _expiry_ms(period_end: datetime) -> int:
+    return int((period_end + COUNTER_GRACE).timestamp() * 1000)
 
 
 def consume(quotas: PlanQuotas, at: datetime) -> QuotaResult:
     """Count one request in every scope, or in none if one has no request left."""
     index, _, end = quotas.bounds(at)
-    expires_ms = int((end + COUNTER_GRACE).timestamp() * 1000)
     counters = quotas.counters(index)
-    consume_script, _ = _scripts(settings.REDIS_URL)
     try:
-        raw = consume_script(
-            keys=counters, args=[expires_ms, *(requests for _, requests in quotas.limits)]
+        raw = _scripts(settings.REDIS_URL).consume(
+            keys=counters, args=[_expiry_ms(end), *(requests for _, requests in quotas.limits)]
         )
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
-    refused = int(raw[1])
+    refused, scopes = int(raw[1]), len(counters)
     return QuotaResult(
         allowed=bool(int(raw[0])),
         refused_scope=quotas.limits[refused - 1][0] if refused else "",
-        used=[int(value) for value in raw[2:]],
+        used=[int(value) for value in raw[2 : 2 + scopes]],
         period_end=end,
         counters=counters,
+        resets=[int(value) for value in raw[2 + scopes :]],
     )
 
 
 def give_back(result: QuotaResult) -> None:
     """Take a counted request back out of the period it was counted in: it was refused after
-    its quota passed."""
-    _, give_back_script = _scripts(settings.REDIS_URL)
+    its quota passed. A counter reset since keeps its count."""
     try:
-        give_back_script(keys=result.counters, args=[])
+        _scripts(settings.REDIS_URL).give_back(keys=result.counters, args=result.resets)
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
 
@@ -157,9 +187,10 @@ def reset(quotas: PlanQuotas, scope: str, at: datetime) -> bool:
     scopes = [name for name, _ in quotas.limits]
     if scope not in scopes:
         return False
-    counter = quotas.counters(quotas.bounds(at)[0])[scopes.index(scope)]
+    index, _, end = quotas.bounds(at)
+    counter = quotas.counters(index)[scopes.index(scope)]
     try:
-        redis_client(settings.REDIS_URL).delete(counter)
+        _scripts(settings.REDIS_URL).reset(keys=[counter], args=[_expiry_ms(end)])
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
     return True
@@ -169,8 +200,11 @@ def left(quotas: PlanQuotas, at: datetime) -> list[QuotaLeft]:
     """Each quota with the requests counted against it this period."""
     if not quotas.limits:
         return []
+    pipeline = redis_client(settings.REDIS_URL).pipeline(transaction=False)
+    for counter in quotas.counters(quotas.bounds(at)[0]):
+        pipeline.hget(counter, "n")
     try:
-        values = redis_client(settings.REDIS_URL).mget(quotas.counters(quotas.bounds(at)[0]))
+        values = pipeline.execute()
     except redis.RedisError as exc:
         raise RateLimiterUnavailable(str(exc)) from exc
     return [

@@ -26,7 +26,7 @@ _CREDITS = {"max_digits": 24, "decimal_places": 6}
 
 class ServiceMonthOut(serializers.Serializer):
     service = serializers.CharField(allow_null=True, help_text="null: charges of no service.")
-    unit = serializers.CharField(allow_null=True, help_text="What units counts: token, ...")
+    unit = serializers.CharField(allow_null=True, help_text="The unit of `units`: token, ...")
     units = serializers.DecimalField(max_digits=40, decimal_places=0)
     jobs = serializers.IntegerField(help_text="Jobs closed in the month.")
     credits = serializers.DecimalField(**_CREDITS, help_text="Charged, less refunds.")
@@ -68,7 +68,7 @@ class LabMonthUsageView(APIView):
             403: OpenApiResponse(description="Not an operator token with the `plans` scope"),
             404: OpenApiResponse(description="ENTITY_NOT_FOUND: no such lab"),
         },
-        tags=["quotas"],
+        tags=["usage"],
     )
     def get(self, request: Request, lab_id: str, year: int, month: int) -> Response:
         if not (FIRST_YEAR <= year <= LAST_YEAR and 1 <= month <= 12):
@@ -76,7 +76,7 @@ class LabMonthUsageView(APIView):
                 f"No such month: the year is {FIRST_YEAR} to {LAST_YEAR}, the month 1 to 12."
             )
         lab = account_selectors.lab_get(actor=request.auth, lab_uuid=lab_id)
-        usage = lab_usage(lab=lab, window=month_window(year, month))
+        usage = lab_usage(lab=lab, window=month_window(year, month), recent_jobs=False)
         body = {
             "lab": lab.uuid,
             "year": year,

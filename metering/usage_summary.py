@@ -106,8 +106,9 @@ class LabUsage:
     recent_jobs: list[JobRow]  # the latest closed, newest first
 
 
-def lab_usage(*, lab: Lab, window: Window) -> LabUsage:
-    """For a lab the caller has already been allowed to see."""
+def lab_usage(*, lab: Lab, window: Window, recent_jobs: bool = True) -> LabUsage:
+    """For a lab the caller has already been allowed to see; `recent_jobs`: with its latest
+    closed jobs (the page's table)."""
     rollups = UsageRollup.objects.filter(
         lab=lab, period=window.period, period_start__gte=window.start, period_start__lt=window.end
     )
@@ -135,10 +136,13 @@ def lab_usage(*, lab: Lab, window: Window) -> LabUsage:
         window=window,
         credits=sum((row.credits for row in by_service.values()), ZERO),
         jobs=sum(row.jobs for row in by_service.values()),
-        by_service=sorted(by_service.values(), key=lambda row: -row.credits),
+        by_service=sorted(
+            by_service.values(),
+            key=lambda row: (-row.credits, row.service.slug if row.service else ""),
+        ),
         by_project=sorted(projects.values(), key=lambda row: (-row.credits, row.project.name)),
         bars=_bars(window, per_period),
-        recent_jobs=_recent_jobs(lab),
+        recent_jobs=_recent_jobs(lab) if recent_jobs else [],
     )
 
 

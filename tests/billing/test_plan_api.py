@@ -81,9 +81,7 @@ def test_plans_are_listed_for_operator_tokens(starter, operator):
     ]  # fmt: skip
 
 
-def test_a_trial_says_how_many_periods_it_lasts_and_that_its_last_does_not_renew(
-    cast, operator
-):
+def test_a_trial_says_how_many_periods_it_lasts_and_that_its_last_does_not_renew(cast, operator):
     Plan.objects.create(slug="trial", name="Trial", credits=D("5"), period="weekly", periods=1)
     listed = operator.get("/api/v1/plans").json()
     assert [(p["slug"], p["periods"]) for p in listed] == [("trial", 1)]

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import Scope
 from billing import plans
 from billing.models import PlanSubscription
+from keys import quotas, selectors
 from tests.keys.conftest import authorize
 from tests.keys.test_quotas import key_client, plan_with_quotas
 from tests.keys.test_redis_down import NOWHERE
@@ -156,3 +158,16 @@ def test_the_schema_describes_the_admin_quota_routes(client):
     schema = client.get("/api/schema/", {"format": "json"}).json()
     assert "/api/admin/quotas/{service}/{lab_id}" in schema["paths"]
     assert "/api/admin/labs/{lab_id}/usage/{year}/{month}" in schema["paths"]
+
+
+def test_a_request_counted_before_a_reset_and_refused_after_it_gives_nothing_back(cast, llm):
+    plan_with_quotas(cast.lab, cast.alpha, {llm: 5})
+    plan_quotas = selectors.plan_quotas(lab_id=cast.lab.pk)
+    now = timezone.now()
+    before = quotas.consume(plan_quotas, now)  # in flight when the operator resets
+    assert quotas.reset(plan_quotas, "ml-llm", now)
+    after = quotas.consume(plan_quotas, now)
+    quotas.give_back(before)  # refused later (the cap, the credits)
+    assert [q.used for q in quotas.left(plan_quotas, now)] == [1]  # `after` still counts
+    quotas.give_back(after)
+    assert [q.used for q in quotas.left(plan_quotas, now)] == [0]
