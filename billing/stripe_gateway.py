@@ -176,11 +176,16 @@ _TEXT_MAX = 255  # ids, currencies, statuses, reasons: all short in Stripe's API
 
 
 def _text(value: Any, field: str) -> str:
-    """A short string field ("" when absent); anything else is a StripeObjectError."""
+    """A short string field ("" when absent); anything else is a StripeObjectError, as is text
+    PostgreSQL cannot store (NUL, or a lone surrogate that JSON's \\ud800 can spell)."""
     if value is None:
         return ""
     if not isinstance(value, str) or len(value) > _TEXT_MAX or "\x00" in value:
         raise StripeObjectError(f"Stripe's {field} is not a short string: {str(value)[:80]!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StripeObjectError(f"Stripe's {field} is not text: {value[:80]!r}") from exc
     return value
 
 

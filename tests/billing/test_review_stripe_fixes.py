@@ -199,6 +199,17 @@ def test_no_top_up_is_created_for_an_amount_stripe_cannot_charge(
         ({"id": "evt_7", "type": "charge.refunded", "data": {"object": {"id": "ch_\x00"}}}, 200),
         ({"id": "evt_8", "type": "charge.refunded", "data": {"object": {"id": "ch_" * 90}}}, 200),
         ({"id": "evt_\x00", "type": "charge.refunded", "data": {"object": {"id": "ch_x"}}}, 400),
+        # A lone surrogate (JSON "\ud800") is no text PostgreSQL can store.
+        ({"id": "evt_\ud800", "type": "charge.refunded", "data": {"object": {"id": "ch_x"}}}, 400),
+        ({"id": "evt_9", "type": "charge.refunded", "data": {"object": {"id": "ch_\ud800"}}}, 200),
+        (
+            {
+                "id": "evt_10",
+                "type": "checkout.session.completed",
+                "data": {"object": {"id": "cs_\ud800"}},
+            },
+            200,
+        ),
         ({"id": "evt_6", "type": "ping", "data": {"object": {}}}, 200),  # unknown type
     ],
 )
