@@ -72,6 +72,11 @@ class Cast:
 
 @pytest.fixture
 def cast(db) -> Cast:
+    return cast_create()
+
+
+def cast_create() -> Cast:
+    """The cast's users and labs (the fixture's, for a caller that needs them outside it)."""
     alice = _verified_user("alice@example.com", "Alice")
     bob = _verified_user("bob@example.com", "Bob")
     charlie = _verified_user("charlie@example.com", "Charlie")
