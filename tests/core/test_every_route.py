@@ -439,6 +439,16 @@ def markers(w):
     return [*map(str, uuids), *(u.hex for u in uuids), *texts, w.key.masked]
 
 
+def her_bodies(route, w):
+    """(method, body) of each write the API's schema describes, valid but for naming Alice
+    Lab's objects (BODY_VALUES: her project, job, key, lab)."""
+    operations = SCHEMA["paths"].get("/" + PARAM.sub(r"{\1}", route), {})
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        request = operations.get(method.lower(), {}).get("requestBody", {})
+        if schema := request.get("content", {}).get(JSON, {}).get("schema"):
+            yield method, dumps(valid_shape(schema, w))
+
+
 @by_route
 def test_the_outsider_sees_nothing_of_another_lab(route, world, token_client, db):
     w, scopes = world, [scope for scope in Scope.values if scope not in OPERATOR_ONLY_SCOPES]
@@ -452,11 +462,12 @@ def test_the_outsider_sees_nothing_of_another_lab(route, world, token_client, db
     before, seen, problems = alice_lab_rows(w), markers(w), []
     for path, owned in outsider_paths(route, w):
         # Every method where the path names her objects; elsewhere reads, with her ids in the
-        # query and without.
-        reads = [("GET", path), ("GET", f"{path}?{query}")]
-        urls = [(method, path) for method in METHODS] if owned else reads
-        for (caller, client), (method, url) in itertools.product(outsiders.items(), urls):
-            response, error = send(client, method, url)
+        # query and without; and on the API, every write with a body naming her objects.
+        reads = [("GET", path, b""), ("GET", f"{path}?{query}", b"")]
+        urls = [(method, path, b"") for method in METHODS] if owned else reads
+        urls += [(method, path, body) for method, body in her_bodies(route, w)]
+        for (caller, client), (method, url, body) in itertools.product(outsiders.items(), urls):
+            response, error = send(client, method, url, body)
             if error or refused(response) or response.status_code == 404:
                 problems += [f"{method} {url} as {caller}: {error}"] if error else []
                 continue
