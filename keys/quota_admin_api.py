@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -29,7 +28,7 @@ from core.errors import NotFoundError
 from keys import quotas, selectors
 from keys.api import SLUG
 from keys.models import ALL_SERVICES
-from keys.quota_api import QuotaCountersUnavailable
+from keys.quota_api import QuotaCountersUnavailable, period_fields, quotas_counted
 from keys.quotas import PlanQuotas
 from keys.services import authorizable_services
 
@@ -82,22 +81,14 @@ def _service_checked(service: str) -> str:
 
 
 def _answer(lab: Lab, service: str, plan_quotas: PlanQuotas | None, now: datetime) -> Response:
-    applying: list[quotas.QuotaLeft] = []
-    period: dict[str, Any] = {"periodStart": None, "periodEnd": None}
-    if plan_quotas is not None:
-        scopes = {service} if service == ALL_SERVICES else {service, ALL_SERVICES}
-        try:
-            applying = [q for q in quotas.left(plan_quotas, now) if q.scope in scopes]
-        except quotas.RateLimiterUnavailable as exc:
-            raise QuotaCountersUnavailable() from exc
-        _, start, end = plan_quotas.bounds(now)
-        period = {"periodStart": start, "periodEnd": end}
+    scopes = {service} if service == ALL_SERVICES else {service, ALL_SERVICES}
+    applying = [q for q in quotas_counted(plan_quotas, now) if q.scope in scopes]
     tightest = min(applying, key=lambda quota: quota.remaining, default=None)
     body = {
         "lab": lab.uuid,
         "plan": plan_quotas.plan if plan_quotas else None,
         "service": service,
-        **period,
+        **period_fields(plan_quotas, now),
         "remainingRequests": tightest.remaining if tightest else None,
         "limit": tightest.limit if tightest else None,
         "quotas": [

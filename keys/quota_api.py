@@ -64,7 +64,8 @@ class ServiceQuotaOut(serializers.Serializer):
     limit = serializers.IntegerField(allow_null=True, help_text="That quota's requests a period.")
 
 
-def _left(plan_quotas: PlanQuotas | None, now: datetime) -> list[quotas.QuotaLeft]:
+def quotas_counted(plan_quotas: PlanQuotas | None, now: datetime) -> list[quotas.QuotaLeft]:
+    """Each quota with what is counted this period (none without a plan); 503 without Redis."""
     if plan_quotas is None:
         return []
     try:
@@ -73,7 +74,8 @@ def _left(plan_quotas: PlanQuotas | None, now: datetime) -> list[quotas.QuotaLef
         raise QuotaCountersUnavailable() from exc
 
 
-def _period(plan_quotas: PlanQuotas | None, now: datetime) -> dict[str, Any]:
+def period_fields(plan_quotas: PlanQuotas | None, now: datetime) -> dict[str, Any]:
+    """periodStart and periodEnd of the period that contains `now` (null without a plan)."""
     if plan_quotas is None:
         return {"periodStart": None, "periodEnd": None}
     _, start, end = plan_quotas.bounds(now)
@@ -95,10 +97,10 @@ class QuotaListView(EndUserKeyView):
     def get(self, request: Request) -> Response:
         now = timezone.now()
         plan_quotas = selectors.plan_quotas(lab_id=request.auth.lab_id)
-        left = _left(plan_quotas, now)
+        left = quotas_counted(plan_quotas, now)
         body = {
             "plan": plan_quotas.plan if plan_quotas else None,
-            **_period(plan_quotas, now),
+            **period_fields(plan_quotas, now),
             "remainingRequests": [{quota.scope: quota.remaining} for quota in left],
             "limits": [{quota.scope: quota.limit} for quota in left],
         }
@@ -122,12 +124,13 @@ class ServiceQuotaView(EndUserKeyView):
             raise NotFoundError(f"No service '{service}'.")
         now = timezone.now()
         plan_quotas = selectors.plan_quotas(lab_id=request.auth.lab_id)
-        applying = [q for q in _left(plan_quotas, now) if q.scope in (ALL_SERVICES, service)]
+        scopes = (ALL_SERVICES, service)
+        applying = [q for q in quotas_counted(plan_quotas, now) if q.scope in scopes]
         tightest = min(applying, key=lambda quota: quota.remaining, default=None)
         body = {
             "plan": plan_quotas.plan if plan_quotas else None,
             "service": service,
-            **_period(plan_quotas, now),
+            **period_fields(plan_quotas, now),
             "remainingRequests": tightest.remaining if tightest else None,
             "limit": tightest.limit if tightest else None,
         }
