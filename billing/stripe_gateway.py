@@ -180,13 +180,38 @@ def _text(value: Any, field: str) -> str:
     PostgreSQL cannot store (NUL, or a lone surrogate that JSON's \\ud800 can spell)."""
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > _TEXT_MAX or "\x00" in value:
+    if not isinstance(value, str) or len(value) > _TEXT_MAX or not _storable(value):
         raise StripeObjectError(f"Stripe's {field} is not a short string: {str(value)[:80]!r}")
+    return value
+
+
+_LINK_MAX = 2000  # TopUp.receipt_url and invoice_url
+_MESSAGE_MAX = 1000
+
+
+def _storable(value: str) -> bool:
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise StripeObjectError(f"Stripe's {field} is not text: {value[:80]!r}") from exc
-    return value
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def _link(value: Any) -> str:
+    """A page Stripe links to (a receipt, an invoice): "" unless an https URL we can store and
+    show; a bad one must not hold up the payment it comes with."""
+    if isinstance(value, str) and value.startswith("https://") and len(value) <= _LINK_MAX:
+        return value if _storable(value) else ""
+    return ""
+
+
+def _message(value: Any) -> str:
+    """Stripe's words for a person (a decline's reason), made storable: no NUL, valid UTF-8,
+    at most _MESSAGE_MAX characters."""
+    if not isinstance(value, str):
+        return ""
+    text = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    return text[:_MESSAGE_MAX]
 
 
 def object_id(obj: Mapping[str, Any]) -> str | None:
@@ -307,8 +332,8 @@ def _card_label(payment_method: Mapping[str, Any], charge: Mapping[str, Any]) ->
         _object(charge.get("payment_method_details")).get("card")
     )
     if card.get("last4"):
-        return f"{card.get('brand', 'card')} •••• {card['last4']}"
-    return str(payment_method.get("type", ""))
+        return _message(f"{card.get('brand', 'card')} •••• {card['last4']}")
+    return _message(str(payment_method.get("type", "")))
 
 
 def _from_payment_intent(intent: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,7 +344,7 @@ def _from_payment_intent(intent: Mapping[str, Any]) -> dict[str, Any]:
         "payment_method_id": _id(intent.get("payment_method")) or "",
         "payment_method_label": _card_label(method, charge),
         "charge_id": _id(intent.get("latest_charge")) or "",
-        "receipt_url": charge.get("receipt_url") or "",
+        "receipt_url": _link(charge.get("receipt_url")),
     }
 
 
@@ -346,7 +371,7 @@ def session_payment(session: Mapping[str, Any], *, refresh: bool = True) -> Paym
         amount_minor=_minor(session.get("amount_total"), "amount_total", absent=None),
         currency=_text(session.get("currency"), "currency").lower(),
         invoice_id=_id(session.get("invoice")) or "",
-        invoice_url=invoice.get("hosted_invoice_url") or "",
+        invoice_url=_link(invoice.get("hosted_invoice_url")),
         session_status=_text(session.get("status"), "status"),
         **facts,
     )
@@ -369,7 +394,7 @@ def payment_intent_payment(intent: Mapping[str, Any], *, refresh: bool = True) -
             intent.get("amount_received") or intent.get("amount"), "amount", absent=None
         ),
         currency=_text(intent.get("currency"), "currency").lower(),
-        failure_message=error.get("message") or "",
+        failure_message=_message(error.get("message")),
         **_from_payment_intent(intent),
     )
 

@@ -249,3 +249,42 @@ def test_a_refund_share_never_takes_back_more_than_the_top_up_bought(
         assert topup.credits_taken_back <= bought
     assert topup.credits_taken_back == bought
     assert lab_balance(cast.lab).balance == Decimal(0)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("receipt_url", "https://pay.stripe.com/\ud800"),
+        ("receipt_url", "javascript:alert(1)"),  # shown as a link: https only
+        ("invoice_url", "https://invoice.stripe.com/\x00"),
+        ("invoice_url", 12),
+        ("card_brand", "vi\ud800sa"),
+    ],
+)
+def test_an_unstorable_link_or_label_does_not_hold_up_the_payment(
+    client, cast, stripe_fake, field, value
+):
+    topup = start(cast)
+    session = sf.session(topup)
+    if field == "receipt_url":
+        session["payment_intent"]["latest_charge"]["receipt_url"] = value
+    elif field == "invoice_url":
+        session["invoice"]["hosted_invoice_url"] = value
+    else:
+        session["payment_intent"]["payment_method"]["card"]["brand"] = value
+    stripe_fake.put(session)
+    response = sf.deliver(client, sf.event("checkout.session.completed", session))
+    assert response.status_code == 200
+    topup.refresh_from_db()
+    assert topup.status == TopUpStatus.PAID  # credited; the bad field is left out
+    assert topup.receipt_url in ("", "https://pay.stripe.com/receipts/test_receipt")
+    assert topup.invoice_url in ("", "https://invoice.stripe.com/i/test_invoice")
+    assert all("\ud800" not in c.payment_method_label for c in StripeCustomer.objects.all())
+
+
+@pytest.mark.django_db
+def test_a_decline_message_stripe_cannot_spell_is_stored_readably(client, cast, stripe_fake):
+    assert stripe_gateway._message("Card\x00 declined \ud800" + "x" * 2000) == (
+        "Card declined ?" + "x" * 985
+    )
