@@ -643,7 +643,7 @@ class Plan(TimeStampedModel):
         text = f"{decimal_plain(self.credits)} credits {self.get_period_display().lower()}"
         if self.term:
             text = f"{text} for {self.term}"
-        if self.rollover == PlanRollover.CARRY and self.rollover_max:
+        if self.rollover == PlanRollover.CARRY and self.rollover_max and self.periods != 1:
             return f"{text}, unused credits carried over up to {decimal_plain(self.rollover_max)}"
         return f"{text}, unused credits expire at the end of each period"
 

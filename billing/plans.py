@@ -184,16 +184,22 @@ def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
     if subscription.ended_at is not None or subscription.period_end > now:
         return False
     carried = _carried(subscription)
-    if subscription.is_last_period:
-        # A trial's or a fixed term's end: the lab is on no plan from the period's end.
-        subscription.ended_at = subscription.period_end
-        subscription.save(update_fields=["ended_at", "updated_at"])
-        return True
-    started_at, period = subscription.started_at, subscription.plan.period
+    started_at, period, periods = (
+        subscription.started_at,
+        subscription.plan.period,
+        subscription.plan.periods,
+    )
     index = max(
         subscription.period_index + 1,
         period_index_at(started_at=started_at, period=period, at=now),
     )
+    if periods is not None and index >= periods:
+        # A trial's or a fixed term's end (a late sweep too: the periods it missed were the
+        # term's last or after it): the lab is on no plan from the term's end.
+        _, term_end = period_bounds(started_at=started_at, period=period, index=periods - 1)
+        subscription.ended_at = max(term_end, subscription.period_end)
+        subscription.save(update_fields=["ended_at", "updated_at"])
+        return True
     start, end = period_bounds(started_at=started_at, period=period, index=index)
     subscription.period_index, subscription.period_start, subscription.period_end = (
         index,
@@ -210,7 +216,8 @@ def plan_renew(*, subscription_id: int, now: datetime | None = None) -> bool:
 def plan_periods_renew(*, now: datetime | None = None, batch: int = 500) -> int:
     """Renew every open subscription whose period has ended by `now` (not later than the real
     time: the old grant must have expired), one per transaction; those another worker holds
-    are skipped. Safe to run twice or to kill midway. Returns how many renewed."""
+    are skipped. Safe to run twice or to kill midway. Returns how many renewed (or ended, at
+    the end of their term)."""
     now = now or timezone.now()
     renewed, failed = 0, set()
     while renewed < batch:

@@ -96,8 +96,9 @@ class PlanQuotas:
     def counters(self, index: int) -> list[str]:
         """The Redis counters of period `index`, one per quota."""
         # One hash tag per subscription: its counters share a cluster slot. The `rl:` prefix
-        # keeps them with the rate-limit windows.
-        return [f"rl:{{p{self.subscription}}}:{index}:{scope}" for scope, _ in self.limits]
+        # keeps them with the rate-limit windows. `:h`: hashes; the counters of the first
+        # release were strings, named without it, and are left to expire.
+        return [f"rl:{{p{self.subscription}}}:{index}:{scope}:h" for scope, _ in self.limits]
 
     @classmethod
     def from_row(cls, value: dict[str, Any] | None) -> PlanQuotas | None:

@@ -566,3 +566,15 @@ def test_a_plan_lasts_at_least_one_period(client, operator):
     assert Plan.objects.get().summary == (
         "50 credits monthly for 3 months, unused credits expire at the end of each period"
     )
+
+
+@pytest.mark.django_db
+def test_a_sweep_late_past_a_terms_end_ends_it_at_the_term_and_grants_nothing(cast):
+    with time_machine.travel(JAN_31, tick=False):
+        plans.plan_subscribe(lab=cast.lab, plan=make_plan(periods=3), project=cast.alpha)
+    with time_machine.travel(datetime(2027, 8, 15, tzinfo=UTC), tick=False):  # in period 6
+        assert plans.plan_periods_renew() == 1
+        subscription = PlanSubscription.objects.get(lab=cast.lab)
+        assert subscription.ended_at == datetime(2027, 4, 30, 10, tzinfo=UTC)  # period 2's end
+        assert Grant.objects.filter(source=GrantSource.PLAN).count() == 1
+        assert budget(cast.alpha) == 0 and plan_current(lab=cast.lab) is None

@@ -5,6 +5,7 @@ can. (The month-of-usage route's figures: tests/metering/test_usage_page.py.)"""
 from __future__ import annotations
 
 import pytest
+import redis
 from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.utils import timezone
@@ -171,3 +172,17 @@ def test_a_request_counted_before_a_reset_and_refused_after_it_gives_nothing_bac
     assert [q.used for q in quotas.left(plan_quotas, now)] == [1]  # `after` still counts
     quotas.give_back(after)
     assert [q.used for q in quotas.left(plan_quotas, now)] == [0]
+
+
+def test_a_counter_left_by_the_first_release_as_a_string_does_not_block_authorize(
+    cast, gateway, make_key, llm, operator, settings
+):
+    plan_with_quotas(cast.lab, cast.alpha, {llm: 2})
+    subscription = PlanSubscription.objects.get(lab=cast.lab)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.set(f"rl:{{p{subscription.uuid}}}:0:ml-llm", 1)  # its name and type then
+    _, full = make_key()
+    assert [authorize(gateway, full).json()["code"] for _ in range(3)] == [
+        "allowed", "allowed", "quota_exceeded"
+    ]  # fmt: skip
+    assert operator.delete(quota_url("ml-llm", cast.lab)).status_code == 200
