@@ -711,3 +711,8 @@ class PlanSubscription(TimeStampedModel):
         """The current period is the plan's last (a trial, a fixed term): it ends, not renews."""
         periods = self.plan.periods
         return periods is not None and self.period_index + 1 >= periods
+
+    @property
+    def term_over(self) -> bool:
+        """The last period of its term is over, though the renewal has not yet closed it."""
+        return self.is_last_period and self.period_end <= timezone.now()

@@ -135,7 +135,12 @@ class PlanSubscriptionForm(forms.ModelForm):
             self.add_error("project", "The lab has no project to receive the credits.")
         current = lab.plan_subscriptions.filter(ended_at__isnull=True).first() if lab else None
         plan = data.get("plan")
-        same_plan = current is not None and plan is not None and current.plan_id == plan.pk
+        same_plan = (
+            current is not None
+            and plan is not None
+            and current.plan_id == plan.pk
+            and not current.term_over
+        )
         if same_plan and (project is None or project.pk == current.project_id):
             self.add_error("plan", "The lab is already on this plan.")
         return data

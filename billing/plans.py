@@ -107,9 +107,16 @@ def plan_subscribe(
     # Serializes plan changes of one lab, so the next one's reads see this one's row.
     # NO KEY: subscriptions and grants reference the lab.
     Lab.objects.select_for_update(no_key=True).filter(pk=lab.pk).first()
-    current = PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).first()
+    current = (
+        PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True)
+        .select_related("plan")
+        .first()
+    )
+    now = timezone.now()
+    term_over = current is not None and current.term_over
     if (
         current is not None
+        and not term_over
         and current.plan_id == plan.pk
         and (project is None or project.pk == current.project_id)
     ):
@@ -117,10 +124,15 @@ def plan_subscribe(
     if not plan.active:
         raise PlanError("This plan is not offered any more")
     project = project or _default_project(lab)
-    now = timezone.now()
-    PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
-        ended_at=now, updated_at=now, **_by("ended_by", actor)
-    )
+    if term_over:  # closed as its renewal would have closed it
+        current.ended_at = current.period_end
+        current.save(update_fields=["ended_at", "updated_at"])
+        if current.grant_id is not None:
+            grant_expire(grant=Grant.objects.get(pk=current.grant_id))
+    else:
+        PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
+            ended_at=now, updated_at=now, **_by("ended_by", actor)
+        )
     start, end = period_bounds(started_at=now, period=plan.period, index=0)
     subscription = PlanSubscription.objects.create(
         lab=lab,

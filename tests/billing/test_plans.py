@@ -578,3 +578,18 @@ def test_a_sweep_late_past_a_terms_end_ends_it_at_the_term_and_grants_nothing(ca
         assert subscription.ended_at == datetime(2027, 4, 30, 10, tzinfo=UTC)  # period 2's end
         assert Grant.objects.filter(source=GrantSource.PLAN).count() == 1
         assert budget(cast.alpha) == 0 and plan_current(lab=cast.lab) is None
+
+
+@pytest.mark.django_db
+def test_a_trial_over_but_not_yet_closed_can_be_started_again(cast):
+    trial = make_plan(slug="trial", name="Trial", periods=1)
+    with time_machine.travel(JAN_31, tick=False):
+        first = plans.plan_subscribe(lab=cast.lab, plan=trial, project=cast.alpha)
+        assert plans.plan_subscribe(lab=cast.lab, plan=trial) == first  # during it: a no-op
+    with time_machine.travel(datetime(2027, 2, 28, 10, 0, 0, 500000, tzinfo=UTC), tick=False):
+        again = plans.plan_subscribe(lab=cast.lab, plan=trial)  # before the renewal ran
+        first.refresh_from_db()
+        assert again.pk != first.pk and again.grant.amount == D("10")
+        assert (first.ended_at, first.ended_by) == (first.period_end, None)  # the term ended it
+        assert plans.plan_periods_renew() == 0  # nothing left to close
+        assert budget(cast.alpha) == D("10")  # the old grant is past its expiry; the new one
