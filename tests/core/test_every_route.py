@@ -59,6 +59,10 @@ BAD_QUERIES = [  # every query parameter a view reads, all bad at once
     "&".join(f"{name}=%ED%A0%80%FF" for name in QUERY_NAMES),  # not UTF-8
 ]  # fmt: skip
 BAD_LEAVES = (None, {}, -1, 10**30, 1e308, "\x00", "x" * 300, "\ud800", "1e400")  # JSON fields
+BAD_AUTHORIZATION = (
+    "Bearer", "Bearer ", "Bearer \x00", "Bearer st_\x00_x", "Bearer sk_a_b_c", "Bearer st_é",
+    "Bearer " + "x" * 10_000, "Basic Zm9vOmJhcg==", "Basic \x00", "Token abc",
+)  # fmt: skip
 BAD_FORM_VALUES = ("\x00", "1e400", "-1", "x" * 300)
 
 # Path parameter -> its values: Alice Lab's objects where it names one (rule 2 asks for them).
@@ -332,6 +336,13 @@ def callers(route, w, token_client):
     yield "member", session(w.cast.bob)
     yield "anonymous", APIClient()
     yield "global token", token_client(list(Scope.values))
+    odd_replays = token_client(list(Scope.values))
+    odd_replays.defaults["HTTP_IDEMPOTENCY_KEY"] = "\x00é" + "x" * 300
+    yield "global token, an unusable Idempotency-Key", odd_replays
+    for header in BAD_AUTHORIZATION:
+        odd = APIClient()
+        odd.credentials(HTTP_AUTHORIZATION=header)
+        yield f"Authorization {header[:20]!r}", odd
     view = getattr(ROUTES[route], "view_class", None) or getattr(ROUTES[route], "cls", None)
     if ApiKeyAuthentication in getattr(view, "authentication_classes", []):
         yield "API key", bearer(w.full_key)
