@@ -19,8 +19,8 @@ from django.utils import timezone
 from billing.models import Plan, PlanSubscription
 from billing.plan_admin import PlanAdmin, PlanSubscriptionAdmin
 from keys import quotas, selectors
-from keys.models import ALL_SERVICES, ApiKey, KeyJob, KeyLimit, PlanQuota
-from keys.services import key_revoke
+from keys.models import ALL_SERVICES, ApiKey, KeyJob, KeyLimit, PlanQuota, QuotaReset
+from keys.services import key_revoke, quota_reset
 
 PASTED_KEY = re.compile(r"sk_([a-z0-9]{1,32})(?:_.*)?")
 
@@ -175,6 +175,23 @@ class PlanWithQuotasAdmin(PlanAdmin):
     inlines = [PlanQuotaInline]
 
 
+class QuotaResetInline(admin.TabularInline):
+    """Who reset the lab's quotas, and when: read-only, as the resets it records."""
+
+    model = QuotaReset
+    fields = readonly_fields = ["created_at", "scope", "period", "by_user", "by_token"]
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Request quota resets"
+
+    @admin.display(description="Period")
+    def period(self, obj: QuotaReset) -> int:
+        return obj.period_index + 1
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 admin.site.unregister(PlanSubscription)
 
 
@@ -183,6 +200,7 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
     """Shows what a lab used of its plan's request quotas this period, and resets them."""
 
     actions = [*PlanSubscriptionAdmin.actions, "reset_quotas"]
+    inlines = [QuotaResetInline]
     readonly_fields = [*PlanSubscriptionAdmin.readonly_fields, "request_quotas"]
 
     @admin.display(description="Request quotas this period")
@@ -215,7 +233,7 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
                 continue
             try:
                 for scope, _ in plan_quotas.limits:
-                    quotas.reset(plan_quotas, scope, now)
+                    quota_reset(plan_quotas=plan_quotas, scope=scope, actor=request.user, at=now)
             except quotas.RateLimiterUnavailable:
                 self.message_user(
                     request,
@@ -224,7 +242,6 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
                     messages.ERROR,
                 )
                 return
-            self.log_change(request, subscription, "Reset the request quotas of this period.")
             reset += 1
         self.message_user(
             request,

@@ -212,3 +212,27 @@ class PlanQuota(models.Model):
 
     def __str__(self) -> str:
         return f"{self.requests} requests of {self.service or 'every service'} on {self.plan}"
+
+
+class QuotaReset(models.Model):
+    """An operator started a quota's count of one plan period again from zero (the count is in
+    Redis; this row is the record of who did it, and when)."""
+
+    subscription = models.ForeignKey(
+        "billing.PlanSubscription", on_delete=models.PROTECT, related_name="quota_resets"
+    )
+    scope = models.CharField(max_length=64, help_text='A service slug, or "*": every service.')
+    period_index = models.PositiveIntegerField()
+    by_user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    by_token = models.ForeignKey(
+        ServiceToken, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.scope} of {self.subscription}, period {self.period_index + 1}"

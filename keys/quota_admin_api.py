@@ -9,7 +9,6 @@ not reset its lab's quotas. Errors have the shape of /api/v1.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from django.utils import timezone
@@ -30,9 +29,7 @@ from keys.api import SLUG
 from keys.models import ALL_SERVICES
 from keys.quota_api import QuotaCountersUnavailable, period_fields, quotas_counted
 from keys.quotas import PlanQuotas
-from keys.services import authorizable_services
-
-logger = logging.getLogger(__name__)
+from keys.services import authorizable_services, quota_reset
 
 
 class QuotaUsedOut(serializers.Serializer):
@@ -131,10 +128,11 @@ class AdminQuotaView(APIView):
         plan_quotas = selectors.plan_quotas(lab_id=lab.pk)
         now = timezone.now()
         try:
-            found = plan_quotas is not None and quotas.reset(plan_quotas, service, now)
+            found = plan_quotas is not None and quota_reset(
+                plan_quotas=plan_quotas, scope=service, actor=request.auth, at=now
+            )
         except quotas.RateLimiterUnavailable as exc:
             raise QuotaCountersUnavailable() from exc
         if not found:
             raise QuotaNotFoundError(f"The lab's plan has no quota for '{service}'")
-        logger.info("quota %r of lab %s reset by token %s", service, lab.uuid, request.auth.uuid)
         return _answer(lab, service, plan_quotas, now)

@@ -22,11 +22,14 @@ from accounts import selectors as account_selectors
 from accounts.models import Lab, Project, ServiceToken, User
 from accounts.services import membership_remove
 from billing.errors import IdempotencyConflictError
+from billing.models import PlanSubscription
 from core.money import AmountError, credits_parse, credits_quantize
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
+from keys import quotas
 from keys.caps import cap_period_start, cap_recounted, keys_locked
 from keys.errors import KeySettingsError
-from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyLimit
+from keys.models import ALL_SERVICES, ApiKey, CreditPeriod, KeyLimit, QuotaReset
+from keys.quotas import PlanQuotas
 from keys.selectors import key_limits
 from metering.models import Service, ServiceType
 
@@ -416,3 +419,21 @@ def key_create_for_token(
             raise
         return _replayed(first, fingerprint)
     return Created(key=key, full_key=full, replayed=False)
+
+
+def quota_reset(
+    *, plan_quotas: PlanQuotas, scope: str, actor: User | ServiceToken, at: datetime
+) -> bool:
+    """Start this period's count of one of a lab's plan quotas ("*" or a service slug) again
+    from zero, and record who did. False, changing nothing: the plan has no such quota.
+    RateLimiterUnavailable, recording nothing: Redis is down."""
+    if not quotas.reset(plan_quotas, scope, at):
+        return False
+    QuotaReset.objects.create(
+        subscription=PlanSubscription.objects.get(uuid=plan_quotas.subscription),
+        scope=scope,
+        period_index=plan_quotas.bounds(at)[0],
+        by_user=actor if isinstance(actor, User) else None,
+        by_token=actor if isinstance(actor, ServiceToken) else None,
+    )
+    return True

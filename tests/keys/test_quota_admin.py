@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import redis
-from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.utils import timezone
 
-from accounts.models import Scope
+from accounts.models import Scope, User
 from billing import plans
 from billing.models import PlanSubscription
 from keys import quotas, selectors
+from keys.models import QuotaReset
 from tests.keys.conftest import authorize
 from tests.keys.test_quotas import key_client, plan_with_quotas
 from tests.keys.test_redis_down import NOWHERE
@@ -58,6 +58,10 @@ def test_an_operator_reads_a_labs_quotas_for_a_service_and_resets_one(
     codes = [authorize(gateway, full).json()["code"] for _ in range(3)]
     assert codes == ["allowed", "allowed", "quota_exceeded"]  # now the "*" quota of 5 is used up
 
+    subscription = PlanSubscription.objects.get(lab=cast.lab)
+    assert [
+        (r.scope, r.by_user, r.by_token is not None) for r in subscription.quota_resets.all()
+    ] == [("ml-llm", None, True)]  # the token that reset it, on record
     everything = operator.delete(quota_url("*", cast.lab))
     assert everything.status_code == 200
     assert everything.json()["quotas"] == [{"scope": "*", "limit": 5, "used": 0, "remaining": 5}]
@@ -78,6 +82,7 @@ def test_a_reset_of_a_quota_the_plan_does_not_have_is_404_and_resets_nothing(
         response = operator.delete(quota_url(service, cast.lab))
         assert (response.status_code, response.json()["error_code"]) == (404, "ENTITY_NOT_FOUND")
     assert key_client(full).get("/api/quotas/ml-llm").json()["remainingRequests"] == 1
+    assert not QuotaReset.objects.exists()
 
 
 def test_a_lab_on_no_plan_has_no_quota_to_read(cast, llm, operator):
@@ -130,6 +135,7 @@ def test_redis_down_answers_503_and_resets_nothing(cast, llm, operator, settings
         operator.delete(quota_url("ml-llm", cast.lab)),
     ):
         assert (response.status_code, response.json()["error_code"]) == (503, "QUOTAS_UNAVAILABLE")
+    assert not QuotaReset.objects.exists()
 
 
 def test_operators_see_and_reset_a_labs_quotas_in_the_admin(
@@ -151,7 +157,12 @@ def test_operators_see_and_reset_a_labs_quotas_in_the_admin(
     assert "Reset the request quotas of 2 subscription(s)" in response.content.decode()
     page = admin_client.get(f"/admin/billing/plansubscription/{subscription.pk}/change/")
     assert "every service: 0 of 5 used; ml-llm: 0 of 2 used" in page.content.decode()
-    assert LogEntry.objects.filter(object_id=str(subscription.pk)).exists()  # who, and when
+    reset = subscription.quota_resets.order_by("scope")
+    assert [(r.scope, r.period_index, r.by_user, r.by_token) for r in reset] == [
+        ("*", 0, User.objects.get(is_superuser=True), None),
+        ("ml-llm", 0, User.objects.get(is_superuser=True), None),
+    ]  # who, and when
+    assert "Request quota resets" in page.content.decode()
     assert authorize(gateway, full).json()["code"] == "allowed"
 
 
