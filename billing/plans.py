@@ -108,7 +108,8 @@ def plan_subscribe(
     # NO KEY: subscriptions and grants reference the lab.
     Lab.objects.select_for_update(no_key=True).filter(pk=lab.pk).first()
     current = (
-        PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True)
+        PlanSubscription.objects.select_for_update(no_key=True, of=("self",))
+        .filter(lab=lab, ended_at__isnull=True)
         .select_related("plan")
         .first()
     )

@@ -200,8 +200,14 @@ class PlanSubscriptionWithQuotasAdmin(PlanSubscriptionAdmin):
     """Shows what a lab used of its plan's request quotas this period, and resets them."""
 
     actions = [*PlanSubscriptionAdmin.actions, "reset_quotas"]
-    inlines = [QuotaResetInline]
     readonly_fields = [*PlanSubscriptionAdmin.readonly_fields, "request_quotas"]
+
+    def get_inlines(self, request: HttpRequest, obj: PlanSubscription | None = None) -> Any:
+        return [QuotaResetInline] if obj is not None else []
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        for formset in formsets:
+            formset.save()  # read-only, so nothing; the admin's change message reads its result
 
     @admin.display(description="Request quotas this period")
     def request_quotas(self, obj: PlanSubscription) -> str:

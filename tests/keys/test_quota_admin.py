@@ -197,3 +197,24 @@ def test_a_counter_left_by_the_first_release_as_a_string_does_not_block_authoriz
         "allowed", "allowed", "quota_exceeded"
     ]  # fmt: skip
     assert operator.delete(quota_url("ml-llm", cast.lab)).status_code == 200
+
+
+def test_the_subscription_admin_saves_with_its_resets_listed(cast, llm, operator, admin_client):
+    plan_with_quotas(cast.lab, cast.alpha, {llm: 2})
+    operator.delete(quota_url("ml-llm", cast.lab))
+    subscription = PlanSubscription.objects.get(lab=cast.lab)
+    reset = subscription.quota_resets.get()
+    url = f"/admin/billing/plansubscription/{subscription.pk}/change/"
+    assert "Request quota resets" in admin_client.get(url).content.decode()
+    response = admin_client.post(
+        url,
+        {
+            "quota_resets-TOTAL_FORMS": "1", "quota_resets-INITIAL_FORMS": "1",
+            "quota_resets-MIN_NUM_FORMS": "0", "quota_resets-MAX_NUM_FORMS": "1000",
+            "quota_resets-0-id": reset.pk, "quota_resets-0-subscription": subscription.pk,
+        },
+    )  # fmt: skip
+    assert response.status_code == 302  # saved as the page's Save button sends it
+    assert subscription.quota_resets.get() == reset
+    add = admin_client.get("/admin/billing/plansubscription/add/").content.decode()
+    assert "quota_resets-TOTAL_FORMS" not in add  # nothing to list before it exists
