@@ -19,38 +19,26 @@ import re
 import traceback
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 from urllib.parse import unquote, urlencode
 
 import pytest
 from django.apps import apps
 from django.db import transaction
-from django.test import override_settings
 from django.urls import Resolver404, URLResolver, get_resolver, resolve
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from accounts.models import OPERATOR_ONLY_SCOPES, Lab, Project, Role, Scope
-from accounts.services import invitation_create
-from billing import balance_alerts, stripe_gateway, test_mode, topups
-from billing import services as billing
+from accounts.models import OPERATOR_ONLY_SCOPES, Lab, Project, Scope
+from billing import stripe_gateway, test_mode
 from keys.self_api import ApiKeyAuthentication
-from keys.services import key_create, key_settings_validate
-from metering.models import ServiceType
-from metering.reservations import reservation_create
-from metering.services import discount_create
-from tests.conftest import cast_create
-from tests.keys.test_quotas import plan_with_quotas
-from tests.metering.test_reservations import priced_service
+from tests.core.world import FRESH_ID
 
 SKIPPED = ("admin/", "accounts/", "api/schema/", "api/docs/", "static/")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 JSON, FORM = "application/json", "application/x-www-form-urlencoded"
-ZERO_UUID, FRESH_ID = str(uuid.UUID(int=0)), "f7e5f7e5-0000-4000-8000-000000000000"
+ZERO_UUID = str(uuid.UUID(int=0))
 BAD_PATH_VALUES = ("not-a-uuid", "%00", "%C0%FF", "x" * 300, ZERO_UUID, "-1", "0", "9" * 20)
 QUERY_NAMES = ("page", "page_size", "limit", "offset", "project", "paid", "window", "subtype")
 BAD_QUERIES = [  # every query parameter a view reads, all bad at once
@@ -265,52 +253,6 @@ def form_bodies(client, path):
 
 
 # ---- Alice Lab's world -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker):
-    offline = override_settings(
-        STRIPE_SECRET_KEY="", STRIPE_WEBHOOK_SECRET="", STRIPE_OFFLINE_TEST_MODE=True
-    )
-    with django_db_blocker.unblock(), transaction.atomic(), offline:
-        yield _world(cast_create())
-        transaction.set_rollback(True)
-
-
-def _world(cast):
-    llm, sim = priced_service("ml-llm"), priced_service("sim", ServiceType.LONGRUN)
-    billing.budget_grant(project=cast.alpha, amount="100")
-    plan_with_quotas(cast.lab, cast.alpha, {None: 100, llm: 50})
-    discount_create(lab=cast.lab, discount=Decimal("0.1"), valid_from=timezone.now())
-
-    def new_key(project, name):
-        owner = project.lab.memberships.get(role=Role.OWNER).user
-        settings = key_settings_validate(services=None, limits=None)
-        return key_create(project=project, name=name, key_settings=settings, created_by=owner)
-
-    def checkout(amount):
-        topup = topups.topup_create(lab=cast.lab, amount=Decimal(amount), actor=cast.alice)
-        topups.checkout_start(topup=topup, success_url="/", cancel_url="/", test_mode_url="/")
-        return topup
-
-    key, full_key = new_key(cast.alpha, "Alpha gateway key")
-    charlie_key = new_key(cast.charlie_lab.projects.get(), "Charlie key")[1]
-    paid, pending = checkout("42"), checkout("17")
-    test_mode.checkout_complete(topup=paid)
-    with mock.patch.object(test_mode, "_deliver", lambda kind, obj: (kind, obj)):  # not sent
-        kind, checkout_session = test_mode.checkout_complete(topup=pending)
-    stripe_event = {"id": f"evt_{FRESH_ID}", "type": kind, "data": {"object": checkout_session}}
-    job = reservation_create(project=cast.alpha, service=llm, quantity=10, params={})
-    longrun = reservation_create(
-        project=cast.alpha, service=sim, quantity=60, params={"instances": 1, "duration": 60}
-    )
-    alert = balance_alerts.alert_add(
-        lab=cast.lab, project=None, threshold=Decimal(5), actor=cast.alice
-    )
-    invitation = invitation_create(
-        lab=cast.lab, email="dave@example.com", role=Role.MEMBER, by=cast.alice
-    )
-    return SimpleNamespace(**{k: v for k, v in locals().items() if not callable(v)})
 
 
 def bearer(secret) -> APIClient:
