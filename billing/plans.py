@@ -4,7 +4,8 @@ Starting a plan grants its first period at once; the renewal sweep closes each p
 ended (its grant expires, so what is left goes back to the system account) and grants the next:
 the plan's credits, plus, with carry-over, what the old grant gave back, up to the plan's
 maximum. Every grant's idempotency key names the subscription and period, so a period is never
-granted twice. Lock order: the subscription row, then the grant, then ledger accounts.
+granted twice. Lock order: the lab (plan changes only), then the subscription row, then the
+grant, then ledger accounts.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def plan_subscribe(
     if term_over:  # closed as its renewal would have closed it
         current.ended_at = current.period_end
         current.save(update_fields=["ended_at", "updated_at"])
-        if current.grant_id is not None:
-            grant_expire(grant=Grant.objects.get(pk=current.grant_id))
+        if current.grant is not None:
+            grant_expire(grant=current.grant)
     else:
         PlanSubscription.objects.filter(lab=lab, ended_at__isnull=True).update(
             ended_at=now, updated_at=now, **_by("ended_by", actor)
