@@ -98,7 +98,7 @@ def project_accounts_open(*, project: Project) -> tuple[LedgerAccount, LedgerAcc
 # Idempotency ---------------------------------------------------------------------------------
 
 
-def _fingerprint(operation: str, **params: object) -> str:
+def request_fingerprint(operation: str, **params: object) -> str:
     """Equal requests give equal fingerprints: 1, "1.0" and "1.000000" are one amount."""
 
     def plain(value: object) -> str:
@@ -201,7 +201,7 @@ def lab_top_up(
 ) -> Grant:
     """Credits enter a lab from the system account as a new grant."""
     amount = credits_parse(amount)
-    fingerprint = _fingerprint(
+    fingerprint = request_fingerprint(
         "top-up", lab=lab.pk, amount=amount, category=category, expires_at=expires_at
     )
 
@@ -252,7 +252,7 @@ def budget_grant(
 ) -> Grant:
     """Top up a project's lab and assign it all to the project, in one entry."""
     amount = credits_parse(amount)
-    fingerprint = _fingerprint("grant", project=project.pk, amount=amount, category=category)
+    fingerprint = request_fingerprint("grant", project=project.pk, amount=amount, category=category)
 
     def run() -> Grant:
         grant = _grant_new(
@@ -339,7 +339,9 @@ def _transfer_once(
     idempotency_key: str | None,
     job_uuid: uuid_lib.UUID | None = None,
 ) -> JournalEntry:
-    fingerprint = _fingerprint(operation, debit=debit, credit=credit, amount=amount, job=job_uuid)
+    fingerprint = request_fingerprint(
+        operation, debit=debit, credit=credit, amount=amount, job=job_uuid
+    )
     return _once(
         idempotency_key,
         fingerprint,

@@ -308,7 +308,8 @@ class ReservationView(AccountingTokenView):
             kind=self.kind, subtype=data["subtype"], lab=project.lab, at=timezone.now()
         )
         quantity, params = self.quantity_and_params(data)
-        job = reservations.reservation_create(
+        job, _ = reservations.reservation_create_once(
+            idempotency_key=self.idempotency_key(),
             project=project,
             service=service,
             quantity=quantity,

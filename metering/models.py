@@ -194,6 +194,12 @@ class Job(TimeStampedModel):
     closed_at = models.DateTimeField(null=True, blank=True)
     # Net of refunds; equals the job's charge and refund lines on the system account.
     charged_amount = models.DecimalField(default=0, **MONEY_FIELD)
+    # A reservation sent with an Idempotency-Key ("token:<id>:<key>", core.accounting), and its
+    # request's digest: a retry gets this job back instead of a second hold.
+    idempotency_key = models.CharField(  # noqa: DJ001 (null: no key, outside the constraint)
+        max_length=255, null=True, blank=True, editable=False
+    )
+    request_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -257,6 +263,12 @@ class Job(TimeStampedModel):
             ),
             models.CheckConstraint(
                 condition=Q(charged_amount__gte=0), name="job_charged_not_negative"
+            ),
+            # Also the replay lookup of a reservation's Idempotency-Key.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_idempotency_key_unique",
             ),
         ]
 

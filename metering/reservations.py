@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Project, ServiceToken, User
 from billing import services as billing
-from billing.errors import InsufficientFundsError
+from billing.errors import IdempotencyConflictError, InsufficientFundsError
 from core.money import MAX_CREDITS, credits_quantize
 from metering import reserve_sql, selectors
 from metering.cost import usage_cost
@@ -36,6 +36,8 @@ def reservation_create(
     group_uuid: uuid_lib.UUID | None = None,
     name: str = "",
     actor: User | ServiceToken | None = None,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
 ) -> Job:
     """A job with the estimated cost of `quantity` units held in the project's reservation
     account. 404 without a price; 402 INSUFFICIENT_FUNDS, with nothing written, when the
@@ -59,7 +61,41 @@ def reservation_create(
         at=now,
     )
     job.user_uuid, job.group_uuid, job.name = user_uuid, group_uuid, name
+    job.idempotency_key, job.request_fingerprint = idempotency_key, fingerprint
     return reserve_sql.reservation_write(job, actor=actor)
+
+
+def reservation_create_once(*, idempotency_key: str | None, **request: Any) -> tuple[Job, bool]:
+    """reservation_create, and whether this is a replay: a retry with the same
+    `idempotency_key` gets the first job back and holds nothing more (the key is written with
+    the job, in its hold's transaction); the same key with another request is a 409. A refusal
+    writes nothing, so a refused request sent again is decided again."""
+    if idempotency_key is None:
+        return reservation_create(**request), False
+    fingerprint = billing.request_fingerprint(
+        "reservation",
+        project=request["project"].pk,
+        service=request["service"].pk,
+        quantity=request["quantity"],
+        params=request["params"],
+        user=request.get("user_uuid"),
+        group=request.get("group_uuid"),
+        name=request.get("name", ""),
+    )
+    first = Job.objects.filter(idempotency_key=idempotency_key).first()
+    if first is None:
+        try:
+            job = reservation_create(
+                **request, idempotency_key=idempotency_key, fingerprint=fingerprint
+            )
+            return job, False
+        except IntegrityError:  # a concurrent request with the key wrote its job first
+            first = Job.objects.filter(idempotency_key=idempotency_key).first()
+            if first is None:
+                raise
+    if first.request_fingerprint != fingerprint:
+        raise IdempotencyConflictError()
+    return first, True
 
 
 @transaction.atomic
