@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -69,6 +70,12 @@ class LabAdmin(admin.ModelAdmin):
     autocomplete_fields = ["personal_for"]
     inlines = [MembershipInline, ProjectInline]
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is Membership:
+            for membership in formset.deleted_objects:
+                _membership_removed(membership)
+
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
@@ -91,6 +98,21 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "lab__name", "lab__uuid"]
     autocomplete_fields = ["user", "lab"]
     list_select_related = ["user", "lab"]
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        with transaction.atomic():
+            super().delete_model(request, obj)
+            _membership_removed(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        with transaction.atomic():
+            for membership in queryset.select_related("lab", "user"):
+                self.delete_model(request, membership)
+
+
+def _membership_removed(membership: Membership) -> None:
+    """A member removed by an operator loses the keys they made there, as in the portal."""
+    services.membership_removed_announce(lab=membership.lab, user=membership.user, by=None)
 
 
 class ServiceTokenForm(forms.ModelForm):

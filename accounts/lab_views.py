@@ -20,7 +20,6 @@ from accounts.forms import InviteForm, MemberChangeForm, NameForm, ProjectForm
 from accounts.models import Lab, Role, User
 from accounts.views import lab_visible
 from core.throttle import within_limit
-from keys.services import member_remove
 
 
 def _managed_lab(request: HttpRequest, lab_id: str) -> tuple[Lab, str | None]:
@@ -154,7 +153,7 @@ def member_change(request: HttpRequest, lab_id: str, user_id: str) -> HttpRespon
         return _refused(request, lab, form)
     try:
         if form.cleaned_data["action"] == "remove":
-            revoked = member_remove(lab=lab, user=member, by=request.user)
+            revoked = services.membership_remove(lab=lab, user=member, by=request.user)
             plural, who = ("s" if revoked != 1 else ""), ("you" if leaving else "they")
             keys_text = f" and revoked {revoked} API key{plural} {who} made" if revoked else ""
             if leaving:

@@ -30,7 +30,7 @@ from accounts.models import (
     ServiceToken,
     User,
 )
-from accounts.signals import personal_lab_created
+from accounts.signals import membership_removed, personal_lab_created
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 
 DEFAULT_PROJECT_NAME = "Default"
@@ -114,9 +114,10 @@ def membership_role_set(*, lab: Lab, user: User, role: str, by: User) -> Members
 
 
 @transaction.atomic
-def membership_remove(*, lab: Lab, user: User, by: User) -> None:
+def membership_remove(*, lab: Lab, user: User, by: User) -> int:
     """Remove a member, by an owner or admin of the lab, or the member leaving. Only owners
-    remove owners; the last owner, and a personal lab's own user, stay."""
+    remove owners; the last owner, and a personal lab's own user, stay. Returns how many API
+    keys were revoked with it (membership_removed_announce)."""
     _owners_locked(lab)
     by_role = _role_now(lab, by)
     membership = _membership_locked(lab, user)
@@ -130,6 +131,14 @@ def membership_remove(*, lab: Lab, user: User, by: User) -> None:
         accepted_at__isnull=True,
         closed_at__isnull=True,
     ).update(closed_at=timezone.now(), updated_at=timezone.now())
+    return membership_removed_announce(lab=lab, user=user, by=by)
+
+
+def membership_removed_announce(*, lab: Lab, user: User, by: User | None) -> int:
+    """Tell the other apps a member is gone (in the removal's transaction): the keys they made
+    in the lab's projects are revoked with it. Returns how many."""
+    answers = membership_removed.send(sender=Membership, lab=lab, user=user, by=by)
+    return sum(answer for _, answer in answers if isinstance(answer, int))
 
 
 # Invitations ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ class KeysConfig(AppConfig):
     verbose_name = "API keys"
 
     def ready(self) -> None:
-        from keys import hold_function
+        from keys import hold_function, receivers  # noqa: F401  (receivers connect themselves)
         from metering import reserve_sql
 
         reserve_sql.dependent_register(hold_function.functions)

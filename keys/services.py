@@ -20,7 +20,6 @@ from django.utils import timezone
 
 from accounts import selectors as account_selectors
 from accounts.models import Lab, Project, ServiceToken, User
-from accounts.services import membership_remove
 from billing.errors import IdempotencyConflictError
 from billing.models import PlanSubscription
 from core.money import AmountError, credits_parse, credits_quantize
@@ -272,11 +271,10 @@ def key_revoke(*, key: ApiKey, by: User | None = None) -> ApiKey:
 
 
 @transaction.atomic
-def member_remove(*, lab: Lab, user: User, by: User) -> int:
-    """A member leaves a lab, or is removed by `by` (accounts.services.membership_remove's
-    rules), and the keys they made in its projects are revoked with it: the lab's credits are
-    no longer theirs to spend. Returns how many keys it revoked."""
-    membership_remove(lab=lab, user=user, by=by)
+def member_keys_revoke(*, lab: Lab, user: User, by: User | None) -> int:
+    """A member left a lab or was removed from it (by `by`, or by an operator): the keys they
+    made in its projects are revoked, as the lab's credits are no longer theirs to spend.
+    Returns how many."""
     now = timezone.now()
     theirs = keys_locked(
         ApiKey.objects.filter(project__lab=lab, created_by=user, revoked_at__isnull=True)

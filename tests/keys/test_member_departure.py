@@ -35,3 +35,57 @@ def test_leaving_revokes_your_own_keys_there(client, cast, make_key, gateway):
     )
     assert "You left Alice Lab and revoked 1 API key you made." in left.content.decode()
     assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
+
+
+def test_an_operator_removing_a_membership_in_the_admin_revokes_their_keys(
+    admin_client, cast, make_key, gateway
+):
+    _bobs, bobs_secret = make_key(created_by=cast.bob)
+    membership = cast.lab.memberships.get(user=cast.bob)
+    response = admin_client.post(
+        f"/admin/accounts/membership/{membership.pk}/delete/", {"post": "yes"}
+    )
+    assert response.status_code == 302
+    assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
+    assert ApiKey.objects.get(created_by=cast.bob).revoked_by is None  # an operator
+
+
+def test_the_admin_delete_action_revokes_every_removed_members_keys(
+    admin_client, cast, make_key, gateway
+):
+    _bobs, bobs_secret = make_key(created_by=cast.bob)
+    _alices, alices_secret = make_key(created_by=cast.alice)
+    bobs = cast.lab.memberships.get(user=cast.bob)
+    admin_client.post(
+        "/admin/accounts/membership/",
+        {"action": "delete_selected", "_selected_action": [bobs.pk], "post": "yes"},
+    )
+    assert not cast.lab.memberships.filter(user=cast.bob).exists()
+    assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
+    assert authorize(gateway, alices_secret).status_code == 200
+
+
+def test_deleting_a_membership_in_the_lab_admin_page_revokes_their_keys(
+    admin_client, cast, make_key, gateway
+):
+    _bobs, bobs_secret = make_key(created_by=cast.bob)
+    # The page's own fields (billing adds the lab's grants, read-only: none sent back).
+    data = {"name": cast.lab.name, "personal_for": "", "grants-TOTAL_FORMS": 0}
+    data["grants-INITIAL_FORMS"] = 0
+    for prefix, rows in (
+        ("memberships", cast.lab.memberships.order_by("pk")),
+        ("projects", cast.lab.projects.order_by("pk")),
+    ):
+        data |= {f"{prefix}-TOTAL_FORMS": len(rows), f"{prefix}-INITIAL_FORMS": len(rows)}
+        for n, row in enumerate(rows):
+            data |= {f"{prefix}-{n}-id": row.pk, f"{prefix}-{n}-lab": cast.lab.pk}
+            if prefix == "projects":
+                data[f"{prefix}-{n}-name"] = row.name
+            else:
+                data |= {f"{prefix}-{n}-user": row.user_id, f"{prefix}-{n}-role": row.role}
+                if row.user_id == cast.bob.pk:
+                    data[f"{prefix}-{n}-DELETE"] = "on"
+    response = admin_client.post(f"/admin/accounts/lab/{cast.lab.pk}/change/", data)
+    assert response.status_code == 302
+    assert not cast.lab.memberships.filter(user=cast.bob).exists()
+    assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
