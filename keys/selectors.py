@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid as uuid_lib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -87,8 +87,10 @@ def key_credit_used(key: ApiKey, now: datetime) -> Decimal:
 @dataclass(frozen=True)
 class KeyUsage:
     requests: int
-    units: int  # actual units of settled requests
+    units: int  # actual units of settled requests, of every service
     charged: Decimal
+    # The same units per service slug: only these add up (tokens and seconds do not).
+    units_by_service: dict[str, int] = field(default_factory=dict)
 
 
 def _month_start(now: datetime) -> datetime:
@@ -106,16 +108,26 @@ def key_usage(key_ids: list[int], *, since: datetime) -> dict[int, KeyUsage]:
     rows = (
         KeyJob.objects.filter(key_id__in=key_ids)
         .filter(Q(created_at__gte=since) | settled)
-        .values("key_id")
+        .values("key_id", "service_slug")
         .annotate(
             requests=Count("id", filter=Q(created_at__gte=since)),
             units=Coalesce(Sum("units", filter=settled), 0),
             charged=Coalesce(Sum("job__charged_amount", filter=settled), ZERO),
         )
+        .order_by("key_id", "service_slug")
     )
     usage = {key_id: KeyUsage(0, 0, ZERO) for key_id in key_ids}
     for row in rows:
-        usage[row["key_id"]] = KeyUsage(row["requests"], row["units"], row["charged"])
+        total = usage[row["key_id"]]
+        by_service = total.units_by_service
+        if row["units"]:
+            by_service = {**by_service, row["service_slug"]: row["units"]}
+        usage[row["key_id"]] = KeyUsage(
+            total.requests + row["requests"],
+            total.units + row["units"],
+            total.charged + row["charged"],
+            by_service,
+        )
     return usage
 
 

@@ -35,6 +35,8 @@ from keys.errors import KeyNotFoundError, KeySettingsError
 from keys.forms import KeyCreateForm, KeyEditForm
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
 from keys.selectors import KeyUsage
+from metering.models import Service, ServiceType
+from metering.usage_summary import ServiceUsage
 
 PAGE_SIZE = 50
 USED_SINCE = {
@@ -66,6 +68,7 @@ class KeyRow:
     key: ApiKey
     status: str
     usage: KeyUsage
+    units: str  # "6,000 tokens on ml-llm · 103 calls on mcp"
     charged: str
     limits: list[LimitLine]
     cap: str | None  # "5.00 monthly, 1.25 used this month"
@@ -99,18 +102,39 @@ def _limit_lines(key: ApiKey) -> list[LimitLine]:
     return lines
 
 
+def _units_text(usage: KeyUsage, services: dict[str, Service]) -> str:
+    """Units per service, each in its own unit (tokens and seconds do not add up)."""
+    parts = [
+        f"{ServiceUsage(service=services.get(slug), units=Decimal(units)).units_text} on {slug}"
+        if slug in services
+        else f"{units:,} units on {slug}"
+        for slug, units in usage.units_by_service.items()
+    ]
+    return " · ".join(parts) or "no units"
+
+
 def _rows(user: User, keys: list[ApiKey]) -> list[KeyRow]:
     now = timezone.now()
     usage = selectors.key_usage_this_month([key.pk for key in keys], now=now)
+    slugs = {slug for one in usage.values() for slug in one.units_by_service}
+    services = {
+        service.slug: service
+        for service in Service.objects.filter(type=ServiceType.ONESHOT, slug__in=slugs)
+    }
     manageable = selectors.keys_manageable(user=user, keys=keys)
     rows = []
     for key in keys:
-        in_grace = key.previous_valid_until is not None and key.previous_valid_until > now
+        in_grace = (
+            key.previous_valid_until is not None
+            and key.previous_valid_until > now
+            and key.revoked_at is None
+        )
         rows.append(
             KeyRow(
                 key=key,
                 status=selectors.key_status(key, now),
                 usage=usage[key.pk],
+                units=_units_text(usage[key.pk], services),
                 charged=credits_display(usage[key.pk].charged),
                 limits=_limit_lines(key),
                 cap=_cap_text(key, now),
@@ -147,7 +171,7 @@ def _lab_quotas(user: User, now: datetime) -> list[LabQuotas]:
 def key_list(request: HttpRequest) -> HttpResponse:
     keys = (
         selectors.key_list(actor=request.user)
-        .select_related("created_by_token")
+        .select_related("created_by_token", "revoked_by")
         .prefetch_related("limits")
     )
     page = Paginator(keys, PAGE_SIZE).get_page(request.GET.get("page"))

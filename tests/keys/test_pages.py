@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from keys.models import ApiKey, KeyLimit
 from keys.views import duration_display
+from metering.cost import Tier
+from metering.models import Service
 from tests.keys.conftest import authorize, once_of
 from tests.metering.test_reservations import priced_service
 
@@ -477,3 +479,27 @@ def test_with_the_cache_down_a_key_form_does_nothing_and_says_so(client, cast, m
     assert response.status_code == 302 and response["Location"] == rotate_url(key)
     key.refresh_from_db()
     assert key.rotated_at is None
+
+
+def test_a_keys_units_are_shown_per_service_in_each_services_unit(client, cast, make_key, gateway):
+    seconds = priced_service("mcp", tiers=[Tier(0, None, Decimal(0), Decimal("0.01"))])
+    Service.objects.filter(pk=seconds.pk).update(unit_label="second")
+    _key, full = make_key()
+    for service, units in (("ml-llm", 6000), ("mcp", 103)):
+        job_id = authorize(gateway, full, service=service, units=units).json()["job_id"]
+        settled = gateway.post("/api/v1/usage", {"job_id": job_id, "units": units}, format="json")
+        assert settled.status_code == 200
+    client.force_login(cast.alice)
+    page = client.get(KEYS).content.decode()
+    assert "2 requests · 103 seconds on mcp · 6,000 units on ml-llm · 61.03 credits" in page
+
+
+def test_a_revoked_key_does_not_claim_its_previous_secret_still_works(client, cast, make_key):
+    key, _full = make_key()
+    client.force_login(cast.alice)
+    client.post(rotate_url(key), {"once": once_of(client, rotate_url(key))})
+    assert "the previous secret works until" in client.get(KEYS).content.decode()
+    client.post(revoke_url(key))
+    page = client.get(KEYS).content.decode()
+    assert "the previous secret works until" not in page
+    assert "Revoked " in page and "by alice@example.com; it works nowhere." in page
