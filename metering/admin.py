@@ -101,8 +101,12 @@ class PriceAdmin(admin.ModelAdmin):
 
     def _editable(self, price: Price | None) -> bool:
         # Append-only: a price in effect may be charged at any moment, and one a job used
-        # must stay as it was charged; an operator adds a new version instead.
-        return price is None or (price.valid_from > timezone.now() and not price.jobs.exists())
+        # must stay as it was charged; an operator adds a new version instead. One that is not
+        # in effect (not yet, or never: a later version wins) and no job used may still change.
+        if price is None:
+            return True
+        now = timezone.now()
+        return not price.jobs.exists() and (price.valid_from > now or not _in_effect(price, now))
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._editable(obj) and super().has_delete_permission(request, obj)
@@ -124,13 +128,38 @@ class PriceAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Price, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        if obj.valid_from < timezone.now():
+        now = timezone.now()
+        start = max(obj.valid_from, now)
+        winner = _price_at(obj, start)
+        if winner is not None and winner.pk != obj.pk:
+            when = "now" if start == now else f"from {obj.valid_from:%Y-%m-%d %H:%M} UTC"
+            messages.warning(
+                request,
+                f"This price will not apply {when}: the one valid from "
+                f"{winner.valid_from:%Y-%m-%d %H:%M} UTC takes precedence (among the prices "
+                "valid at a moment, the latest valid-from wins). To change the price from now "
+                "on, give this one a later valid-from; until then it can still be edited.",
+            )
+        elif obj.valid_from < now:
             messages.warning(
                 request,
                 f"This price is valid from {obj.valid_from:%Y-%m-%d %H:%M} UTC, in the past: it "
                 "applies to estimates and reservations from now on; jobs reserved before keep "
                 "the price they were reserved at.",
             )
+
+
+def _price_at(price: Price, at: Any) -> Price | None:
+    """The price of `price`'s service and lab (or the default) in effect at `at`."""
+    try:
+        return selectors.price_current(service=price.service, lab=price.lab, at=at)
+    except MissingPriceError:
+        return None
+
+
+def _in_effect(price: Price, now: Any) -> bool:
+    winner = _price_at(price, now)
+    return winner is not None and winner.pk == price.pk
 
 
 @admin.register(Discount)

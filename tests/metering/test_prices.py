@@ -254,3 +254,28 @@ def test_admin_journal_lists_what_each_entry_moved(client, cast):
     operator_signed_in(client)
     page = client.get("/admin/billing/journalentry/").content.decode()
     assert "Credits moved" in page and "12.500000" in page
+
+
+@pytest.mark.django_db
+def test_admin_warns_that_a_back_dated_price_is_overridden_and_lets_it_be_fixed(client, llm):
+    services.price_create(
+        service=llm, tiers=linear("0.1"), valid_from=timezone.now() - timedelta(days=1)
+    )
+    operator_signed_in(client)
+    form = price_form(llm, timezone.now() - timedelta(days=30), [(0, "", "0", "0.2")])
+    saved = client.post("/admin/metering/price/add/", form, follow=True).content.decode()
+    assert "This price will not apply now: the one valid from" in saved
+    assert "from now on" not in saved.split("will not apply")[0]
+    dead = Price.objects.latest("id")
+    assert selectors.price_current(service=llm, lab=None, at=timezone.now()) != dead
+    page = client.get(f"/admin/metering/price/{dead.pk}/change/").content.decode()
+    assert "so it cannot change" not in page
+    form = price_form(llm, timezone.now() - timedelta(minutes=1), [(0, "", "0", "0.2")])
+    form |= {
+        "tiers-INITIAL_FORMS": "1",
+        "tiers-0-id": dead.tiers.get().pk,
+        "tiers-0-price": dead.pk,
+    }
+    fixed = client.post(f"/admin/metering/price/{dead.pk}/change/", form, follow=True)
+    assert "applies to estimates and reservations from now on" in fixed.content.decode()
+    assert selectors.price_current(service=llm, lab=None, at=timezone.now()) == dead
