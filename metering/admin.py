@@ -73,6 +73,12 @@ class TierFormSet(forms.BaseInlineFormSet):
             for form in self.forms
             if form.cleaned_data and not form.cleaned_data.get("DELETE")
         ]
+        if self.instance.pk is not None:  # saved tiers the form did not send stay as they are
+            sent = [form.instance.pk for form in self.forms if form.instance.pk is not None]
+            tiers += [
+                Tier(tier.min_quantity, tier.max_quantity, tier.fixed_cost, tier.multiplier)
+                for tier in self.instance.tiers.exclude(pk__in=sent)
+            ]
         try:
             tiers_validate(tiers)
         except TierError as exc:
