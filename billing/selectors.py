@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.core.paginator import Page, Paginator
 from django.db import connection
-from django.db.models import DecimalField, F, Q, QuerySet, Sum, Value
+from django.db.models import DecimalField, F, Prefetch, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -23,6 +22,8 @@ from billing.models import (
     EntryType,
     Grant,
     GrantBalance,
+    GrantCategory,
+    JournalEntry,
     JournalLine,
     LabDebt,
     LedgerAccount,
@@ -153,29 +154,76 @@ def grant_list(*, actor: Actor, lab: Lab) -> list[GrantRow]:
     ]
 
 
-def history_page(
-    *,
-    actor: Actor,
-    lab: Lab | None = None,
-    project: Project | None = None,
-    page: int = 1,
-    page_size: int = 50,
-) -> Page:
-    """Lines of a lab's account or a project's accounts, newest first, with their entry."""
-    if project is not None:
-        project = account_selectors.project_get(actor=actor, project_uuid=project.uuid)
-        accounts = Q(account__project=project)
-    elif lab is not None:
-        lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
-        accounts = Q(account__lab=lab, account__type=AccountType.LAB)
-    else:
-        raise ValueError("history_page needs a lab or a project")
-    lines = (
-        JournalLine.objects.filter(accounts)
-        .select_related("entry", "entry__actor_user", "entry__actor_token", "grant", "account")
+# On the usage pages instead: one of each per job would bury the rest.
+USAGE_ENTRY_TYPES = (EntryType.RESERVE, EntryType.RELEASE, EntryType.CHARGE, EntryType.REFUND)
+# Movements that make or take back a grant: they are named with its source.
+GRANT_ENTRY_TYPES = (
+    EntryType.TOP_UP,
+    EntryType.GRANT,
+    EntryType.EXPIRE,
+    EntryType.VOID,
+    EntryType.CHARGEBACK,
+    EntryType.REINSTATE,
+)
+
+
+@dataclass(frozen=True)
+class Activity:
+    entry: JournalEntry
+    what: str  # "Top-up · Stripe payment", "Top-up · Operator, promotional"
+    moved: str  # where the credits went among the lab's accounts: "Lab account → Default"
+    amount: Decimal
+
+
+def lab_activity(*, actor: Actor, lab: Lab, limit: int = 20) -> list[Activity]:
+    """The lab's latest money movements, newest first: top-ups, grants, budget moves, expiries,
+    refunds and disputes on the lab's and its projects' accounts (not holds and usage)."""
+    lab = account_selectors.lab_get(actor=actor, lab_uuid=lab.uuid)
+    accounts = {
+        account.pk: account
+        for account in LedgerAccount.objects.filter(lab=lab)
+        .exclude(type=AccountType.RESERVATION)
+        .select_related("project")
+    }
+    entry_ids = (
+        JournalLine.objects.filter(account_id__in=accounts)
+        .exclude(entry__type__in=USAGE_ENTRY_TYPES)
+        .order_by("-entry_id")
+        .values_list("entry_id", flat=True)
+        .distinct()[:limit]
+    )
+    entries = (
+        JournalEntry.objects.filter(pk__in=list(entry_ids))
+        .select_related("actor_user", "actor_token")
+        .prefetch_related(Prefetch("lines", JournalLine.objects.select_related("grant")))
         .order_by("-id")
     )
-    return Paginator(lines, page_size).get_page(page)
+    return [_activity(entry, accounts) for entry in entries]
+
+
+def _activity(entry: JournalEntry, accounts: dict[int, LedgerAccount]) -> Activity:
+    def names(lines: list[JournalLine]) -> str:
+        named = dict.fromkeys(
+            "Lab account" if accounts[line.account_id].project is None
+            else accounts[line.account_id].project.name
+            for line in lines
+        )  # fmt: skip
+        return ", ".join(named) or "outside"
+
+    ours = [line for line in entry.lines.all() if line.account_id in accounts]
+    came = [line for line in ours if line.amount > 0]
+    went = [line for line in ours if line.amount < 0]
+    amount = sum((line.amount for line in came), ZERO) or -sum((line.amount for line in went), ZERO)
+    grants = {line.grant_id: line.grant for line in ours}.values()
+    sources = dict.fromkeys(
+        grant.get_source_display()
+        + (", promotional" if grant.category == GrantCategory.PROMOTIONAL else "")
+        for grant in grants
+    )
+    what = entry.get_type_display()
+    if entry.type in GRANT_ENTRY_TYPES and len(sources) == 1:
+        what += f" · {next(iter(sources))}"
+    return Activity(entry=entry, what=what, moved=f"{names(went)} → {names(came)}", amount=amount)
 
 
 def job_held(*, job_uuid: uuid_lib.UUID) -> Decimal:

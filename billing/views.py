@@ -47,7 +47,7 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
         "members": account_selectors.lab_members(actor=request.user, lab=lab),
         "roles": Role.choices,
         "invitations": lab.invitations.filter(accepted_at__isnull=True, closed_at__isnull=True),
-        "history": selectors.history_page(actor=request.user, lab=lab, page_size=20),
+        "activity": selectors.lab_activity(actor=request.user, lab=lab),
         "form": form,
         "failed_operation": form.data.get("operation") if form is not None else None,
         "form_errors": _errors(form) if form is not None else [],

@@ -60,6 +60,7 @@ def test_owner_assigns_reverses_and_moves(client, funded):
     page = client.get(f"/app/labs/{funded.lab.uuid}/").content.decode()
     assert "Moved 4.5 credits from Alpha to Beta." in page
     assert "alice@example.com" in page  # the history says who
+    assert "<td>Move budget</td>" in page and "<td>Alpha → Beta</td>" in page  # and where
     assert JournalEntry.objects.filter(actor_user=funded.alice).count() == 3
 
 

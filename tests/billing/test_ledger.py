@@ -279,22 +279,32 @@ def test_project_balances_for_a_new_project_are_zero(lab):
 
 
 @pytest.mark.django_db
-def test_history_pages_show_type_amount_grant_time_and_actor_to_members_only(cast):
-    from accounts.errors import LabNotFoundError, ProjectNotFoundError
-    from billing.selectors import history_page
+def test_lab_activity_shows_every_movement_on_the_lab_and_its_projects_to_members_only(cast):
+    from accounts.errors import LabNotFoundError
+    from billing.selectors import lab_activity
+    from metering.reservations import reservation_create
+    from tests.metering.test_reservations import priced_service
 
-    grant = services.lab_top_up(lab=cast.lab, amount="9", actor=cast.alice)
+    services.lab_top_up(lab=cast.lab, amount="9", actor=cast.alice)
     services.budget_assign(lab=cast.lab, project=cast.alpha, amount="4", actor=cast.alice)
-    services.budget_reverse(lab=cast.lab, project=cast.alpha, amount="1", actor=cast.bob)
-    lab_page = history_page(actor=cast.bob, lab=cast.lab, page_size=2)
-    assert lab_page.paginator.count == 3
-    newest = lab_page.object_list[0]
-    assert (newest.entry.type, newest.amount, newest.grant, newest.entry.actor_user) == (
-        EntryType.REVERSE, D("1"), grant, cast.bob
-    )  # fmt: skip
-    project_lines = history_page(actor=cast.alice, project=cast.alpha)
-    assert [line.amount for line in project_lines] == [D("-1"), D("4")]
+    services.budget_move(
+        lab=cast.lab, debited=cast.alpha, credited=cast.beta, amount="1.5", actor=cast.bob
+    )
+    services.budget_grant(
+        project=cast.beta, amount="2", category="promotional", source="operator"
+    )
+    llm = priced_service()
+    reservation_create(project=cast.alpha, service=llm, quantity=1000, params={"count": 1000})
+    rows = [
+        (row.what, row.amount, row.moved, row.entry.actor_user)
+        for row in lab_activity(actor=cast.bob, lab=cast.lab)
+    ]
+    assert rows == [
+        ("Grant budget · Operator, promotional", D("2"), "outside → Beta", None),
+        ("Move budget", D("1.5"), "Alpha → Beta", cast.bob),
+        ("Assign budget", D("4"), "Lab account → Alpha", cast.alice),
+        ("Top-up · API", D("9"), "outside → Lab account", cast.alice),
+    ]  # the reservation's hold is on the usage pages
+    assert len(lab_activity(actor=cast.alice, lab=cast.lab, limit=2)) == 2
     with pytest.raises(LabNotFoundError):
-        history_page(actor=cast.charlie, lab=cast.lab)
-    with pytest.raises(ProjectNotFoundError):
-        history_page(actor=cast.charlie, project=cast.alpha)
+        lab_activity(actor=cast.charlie, lab=cast.lab)
