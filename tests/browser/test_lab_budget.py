@@ -44,3 +44,16 @@ def test_member_sees_balances_but_no_budget_forms(page, live_server, cast):
     page.goto(f"{live_server.url}/app/labs/{cast.lab.uuid}/")
     assert page.get_by_test_id("lab-balance").inner_text() == "50.00"
     assert page.locator("form[data-operation]").count() == 0
+
+
+def test_removing_a_member_asks_first_and_names_who(page, live_server, cast):
+    sign_in(page, live_server, "alice@example.com")
+    page.goto(f"{live_server.url}/app/labs/{cast.lab.uuid}/")
+    bob = page.locator(f"tr[data-member='{cast.bob.uuid}']")
+    confirm = bob.get_by_role("button", name="Remove bob@example.com")
+    assert not confirm.is_visible()  # one click only opens the question
+    bob.get_by_text("Remove", exact=True).click()
+    assert bob.get_by_text("The API keys they made in its projects stop working.").is_visible()
+    confirm.click()
+    assert page.get_by_text("Removed bob@example.com from Alice Lab.").is_visible()
+    assert page.locator(f"tr[data-member='{cast.bob.uuid}']").count() == 0
