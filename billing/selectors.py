@@ -301,6 +301,7 @@ class PlanState:
     subscription: PlanSubscription
     granted: Decimal  # this period's grant
     left: Decimal  # of which still in the lab or its projects, not held
+    held: Decimal = ZERO  # of which held for jobs in progress (spent or given back later)
 
     @property
     def renewing(self) -> bool:
@@ -332,7 +333,8 @@ def plan_state(subscription: PlanSubscription) -> PlanState:
             grant=grant, account__type__in=[AccountType.LAB, AccountType.PROJECT]
         )
     )
-    return PlanState(subscription=subscription, granted=grant.amount, left=left)
+    held = _sum(GrantBalance.objects.filter(grant=grant, account__type=AccountType.RESERVATION))
+    return PlanState(subscription=subscription, granted=grant.amount, left=left, held=held)
 
 
 def plan_current(*, lab: Lab) -> PlanState | None:
