@@ -36,8 +36,9 @@ class Service(TimeStampedModel):
     display_unit = models.CharField(
         max_length=32,
         blank=True,
-        help_text="What the display scale's units are called, if not '<scale> <unit>s': e.g. "
-        "'GiB-month' for byte-seconds at a scale of 2783138807808000, a GiB for 30 days.",
+        help_text="What the display scale's units are called, if not the scale and the unit "
+        "label ('1K tokens'): e.g. 'GiB-month' for byte-seconds at a scale of "
+        "2783138807808000, a GiB for 30 days.",
     )
     is_active = models.BooleanField(default=True)
     is_legacy = models.BooleanField(
@@ -45,10 +46,16 @@ class Service(TimeStampedModel):
     )
     # Operator defaults for end-user API keys (keys app): a key may set tighter, never looser.
     key_requests_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Default and most an API key may make; empty: no limit."
+        null=True,
+        blank=True,
+        help_text="Requests a minute an API key gets by default, and the most it may set; "
+        "empty: no limit.",
     )
     key_units_per_minute = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Default and most units an API key may use a minute."
+        null=True,
+        blank=True,
+        help_text="Units a minute an API key gets by default, and the most it may set; empty: "
+        "no limit.",
     )
 
     class Meta:

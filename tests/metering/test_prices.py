@@ -170,7 +170,9 @@ def test_demo_services_cover_every_subtype_once(client):
     assert "0.01 credits per 1K tokens" in page
     assert "36 credits per instance-hour, plus 1.5 credits once" in page
     assert "≈ 0.023 credits per GiB-month" in page  # stored to 40 places, not exactly 0.023
-    assert "0.01 credits per unit<" in page  # one unit: no scale, no plural
+    assert "0.01 credits per call<" in page  # one unit: no scale, no plural
+    assert "0.36 credits per instance-hour<" in page  # every other long-running service
+    assert "<strong>ML LLM</strong>" in page and "<strong>EM synapse mapping</strong>" in page
     assert "E-" not in page and "0.0000000000" not in page
     assert "ml-retrieval" not in page
 

@@ -30,6 +30,23 @@ DEMO_PRICES: dict[tuple[str, str], tuple[str, int, str, list[Tier]]] = {
         [Tier(0, None, Decimal(0), Decimal("0.023") / GIB_MONTH)],
     ),
 }
+# Everything else, by type: a call, or an instance-hour (billed by the second).
+DEMO_DEFAULTS: dict[str, tuple[str, int, str, list[Tier]]] = {
+    ServiceType.ONESHOT: ("call", 1, "", [Tier(0, None, Decimal(0), Decimal("0.01"))]),
+    ServiceType.LONGRUN: (
+        "instance-second",
+        3600,
+        "instance-hour",
+        [Tier(0, None, Decimal(0), Decimal("0.0001"))],
+    ),
+}
+ACRONYMS = {"ml": "ML", "llm": "LLM", "mcp": "MCP", "em": "EM", "rag": "RAG"}
+
+
+def demo_name(slug: str) -> str:
+    """ml-llm → ML LLM, em-synapse-mapping → EM synapse mapping."""
+    words = [ACRONYMS.get(word, word) for word in slug.split("-")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
 
 
 class Command(BaseCommand):
@@ -45,14 +62,12 @@ class Command(BaseCommand):
                 if slug.startswith(("ml-", "mcp"))
                 else ServiceType.LONGRUN
             )
-            unit, scale, display_unit, tiers = DEMO_PRICES.get(
-                (kind, slug), ("unit", 1, "", [Tier(0, None, Decimal(0), Decimal("0.01"))])
-            )
+            unit, scale, display_unit, tiers = DEMO_PRICES.get((kind, slug)) or DEMO_DEFAULTS[kind]
             service, created = Service.objects.get_or_create(
                 type=kind,
                 slug=slug,
                 defaults={
-                    "name": slug.replace("-", " ").capitalize(),
+                    "name": demo_name(slug),
                     "unit_label": unit,
                     "display_scale": scale,
                     "display_unit": display_unit,
