@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from accounts.views import lab_visible
 from core.csv_download import csv_response
+from core.money import decimal_plain
+from metering.selectors import discount_current
 from metering.usage_export import (
     JOBS_HEADER,
     MAX_JOBS,
@@ -28,10 +30,13 @@ def lab_usage_page(request: HttpRequest, lab_id: str) -> HttpResponse:
     lab = lab_visible(request, lab_id)
     now = timezone.now()
     window = usage_window(request.GET.get("window", ""), now)
+    discount = discount_current(lab=lab, at=now)
     context = {
         "lab": lab,
         "usage": lab_usage(lab=lab, window=window),
         "windows": [usage_window(key, now) for key in WINDOW_KEYS],
+        "discount": discount,
+        "percent_off": f"{decimal_plain(discount.discount * 100)}%" if discount else None,
     }
     return render(request, "app/lab_usage.html", context)
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
+from django.utils import timezone
 
 from accounts.models import Scope
 from accounts.services import project_create
@@ -117,6 +118,24 @@ def test_members_see_the_page_and_outsiders_get_404(client, cast, used):
         assert 'data-testid="usage-credits">0.07<' in own and "second call" not in own
     client.logout()
     assert client.get(url)["Location"].startswith("/accounts/login/")
+
+
+@pytest.mark.django_db
+def test_members_see_their_labs_discount_and_outsiders_do_not(client, cast):
+    from metering.models import Discount
+
+    Discount.objects.create(
+        lab=cast.lab,
+        discount=Decimal("0.2"),
+        valid_from=timezone.now() - timedelta(days=1),
+        valid_to=datetime(2031, 1, 1, tzinfo=UTC),
+    )
+    client.force_login(cast.bob)
+    page = client.get(f"/app/labs/{cast.lab.uuid}/usage/").content.decode()
+    assert "Alice Lab pays 20% less than" in page and "until 1 Jan 2031, 00:00 UTC" in page
+    client.force_login(cast.charlie)
+    own = client.get(f"/app/labs/{cast.charlie_lab.uuid}/usage/").content.decode()
+    assert 'data-testid="discount"' not in own
 
 
 def test_the_lab_and_dashboard_pages_link_to_it(client, cast):
