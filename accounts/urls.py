@@ -1,9 +1,8 @@
 from django.urls import path
 
-from accounts import lab_views, views
+from accounts import lab_views
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
     path("labs/new/", lab_views.lab_new, name="lab_new"),
     path("labs/<uuid:lab_id>/projects/", lab_views.project_new, name="project_new"),
     path("labs/<uuid:lab_id>/members/", lab_views.member_invite, name="member_invite"),

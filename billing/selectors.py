@@ -50,6 +50,11 @@ class LabBalance:
     spendable: Decimal  # of which grants in effect and not expired or voided
     projects: list[ProjectBalance]
 
+    @property
+    def project_total(self) -> Decimal:
+        """What the projects have, held credits included."""
+        return sum((project.balance + project.reserved for project in self.projects), ZERO)
+
 
 def _spendable(at: datetime) -> Q:
     return (Q(grant__expires_at__isnull=True) | Q(grant__expires_at__gt=at)) & Q(

@@ -152,7 +152,8 @@ def billing_home(request: HttpRequest) -> HttpResponse:
     labs = list(account_selectors.lab_list(actor=request.user).order_by("name", "id"))
     if len(labs) == 1:
         return redirect("lab_billing", lab_id=labs[0].uuid)
-    return render(request, "app/billing_choose.html", {"labs": labs})
+    rows = [{"lab": lab, "balance": selectors.lab_balance(lab)} for lab in labs]
+    return render(request, "app/billing_choose.html", {"rows": rows})
 
 
 @login_required

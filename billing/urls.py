@@ -3,6 +3,7 @@ from django.urls import path
 from billing import topup_views, views
 
 urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
     path("labs/<uuid:lab_id>/", views.lab_detail, name="lab_detail"),
     path("labs/<uuid:lab_id>/budget/", views.lab_budget, name="lab_budget"),
     path("billing/", topup_views.billing_home, name="billing_home"),

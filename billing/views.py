@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -11,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts import selectors as account_selectors
+from accounts import services as account_services
 from accounts.models import Lab, Role
 from accounts.views import lab_visible
 from billing import selectors, services
@@ -22,6 +21,20 @@ BUDGET_OPERATIONS = [
     ("reverse", "Reverse", "From a project back to the lab."),
     ("move", "Move", "From one project to another."),
 ]
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The user's labs with their credits (the lab's, and each project's) and open invitations
+    (here, not in accounts, because the credits are billing's)."""
+    labs = account_selectors.lab_list(actor=request.user)
+    roles = dict(request.user.memberships.values_list("lab_id", "role"))
+    rows = [
+        {"lab": lab, "role": roles.get(lab.id), "balance": selectors.lab_balance(lab)}
+        for lab in labs
+    ]
+    invitations = account_services.invitations_open_for(request.user)
+    return render(request, "app/dashboard.html", {"rows": rows, "invitations": invitations})
 
 
 def _errors(form: BudgetForm) -> list[str]:
@@ -41,7 +54,7 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
         "role": role,
         "can_manage": account_selectors.lab_role_can_manage(role),
         "balance": balance,
-        "project_total": sum((p.balance + p.reserved for p in balance.projects), Decimal(0)),
+        "project_total": balance.project_total,
         "budget_operations": BUDGET_OPERATIONS,
         "grants": selectors.grant_list(actor=request.user, lab=lab),
         "members": account_selectors.lab_members(actor=request.user, lab=lab),

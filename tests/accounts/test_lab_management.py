@@ -316,9 +316,10 @@ def test_lab_creation_and_invitations_are_limited_per_user(client, cast, setting
 
 def test_the_navigation_leads_to_the_account_pages_and_they_lead_to_each_other(client, cast):
     client.force_login(cast.bob)
-    assert 'href="/accounts/email/" title="bob@example.com">Account</a>' in client.get(
-        "/app/"
-    ).content.decode()
+    assert (
+        'href="/accounts/email/" title="bob@example.com">Account</a>'
+        in client.get("/app/").content.decode()
+    )
     for url in ("/accounts/email/", "/accounts/password/change/"):
         page = client.get(url).content.decode()
         assert "Signed in as bob@example.com" in page

@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 from django.urls import reverse
 
@@ -30,6 +32,23 @@ def test_dashboard_lists_the_users_labs_and_projects(client, cast):
     assert "Alpha" in page and "Beta" in page
     assert "Bob&#x27;s lab" in page  # his personal lab
     assert "Default" in page
+
+
+@pytest.mark.django_db
+def test_dashboard_and_billing_chooser_show_each_labs_credits(client, cast):
+    from billing import services as billing
+
+    billing.lab_top_up(lab=cast.lab, amount="1234.5")
+    billing.budget_assign(lab=cast.lab, project=cast.alpha, amount="30")
+    billing.hold_create(project=cast.alpha, amount="0.081", job_uuid=uuid.uuid4())
+    client.force_login(cast.bob)
+    page = client.get("/app/").content.decode()
+    assert 'data-testid="dashboard-lab-balance">1,204.50<' in page
+    assert "Alpha: <strong>29.919</strong> credits" in page
+    assert "(and 0.081 held for jobs in progress)" in page
+    assert f"<code>{cast.alpha.uuid}</code>" in page  # what the API's proj_id wants
+    chooser = client.get("/app/billing/").content.decode()  # bob is in two labs
+    assert '<td class="num">1,204.50</td>' in chooser and '<td class="num">30.00</td>' in chooser
 
 
 @pytest.mark.django_db
