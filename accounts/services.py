@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -31,6 +30,7 @@ from accounts.models import (
     User,
 )
 from accounts.signals import membership_removed, personal_lab_created
+from core.mail import people_mail
 from core.secrets import lookup_id_generate, secret_generate, secret_hash
 
 DEFAULT_PROJECT_NAME = "Default"
@@ -186,7 +186,7 @@ def _invitation_mail(invitation: LabInvitation) -> None:
     )
     lab_name = " ".join(invitation.lab.name.split())  # one line, whatever the name holds
     try:
-        send_mail(f"[Meterbill] Invitation to {lab_name}", body, None, [invitation.email])
+        people_mail(f"Invitation to {lab_name}", body, [invitation.email])
     except Exception:  # the invitation stands; the dashboard shows it
         logger.exception("invitation mail to %s failed", invitation.email)
 

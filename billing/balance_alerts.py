@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Case, F, OuterRef, Q, Subquery, When
 from django.urls import reverse
@@ -26,6 +25,7 @@ from django.utils import timezone
 from accounts.models import Lab, Project, Role, User
 from billing.errors import BudgetError
 from billing.models import AccountType, BalanceAlert, LedgerAccount
+from core.mail import people_mail
 from core.money import decimal_plain
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _mail(alert: BalanceAlert, balance: Decimal, recipients: list[str]) -> None:
     lab = alert.lab
     watched = f"project {alert.project.name}'s budget" if alert.project else "the lab's balance"
     link = settings.PORTAL_BASE_URL + reverse("lab_billing", args=[lab.uuid])
-    send_mail(
+    people_mail(
         f"Low balance in {lab.name}: {decimal_plain(balance)} credits",
         (
             f"In {lab.name}, {watched} is {decimal_plain(balance)} credits, under the alert"
@@ -163,6 +163,5 @@ def _mail(alert: BalanceAlert, balance: Decimal, recipients: list[str]) -> None:
             "You get this once; the alert is armed again when the balance is back at or above"
             " the threshold.\n"
         ),
-        None,
         recipients,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -14,6 +13,7 @@ from django.utils import timezone
 from billing import stripe_gateway, topups
 from billing.currency import amount_format
 from billing.models import CREDITED_STATUSES, AutoRecharge, TopUp, TopUpKind
+from core.mail import people_mail
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,9 @@ def receipt_send(*, topup_id: int) -> bool:
         "test_mode": topup.stripe_session_id and topup.stripe_session_id.startswith("cs_local_"),
     }
     try:
-        send_mail(
+        people_mail(
             f"Receipt: {context['paid']} for {topup.credits.normalize():f} credits",
             render_to_string("app/billing_receipt_mail.txt", context),
-            None,
             recipients,
         )
     except Exception:
@@ -85,10 +84,9 @@ def auto_recharge_disabled_send(*, setting_id: int) -> bool:
     if setting.enabled or not recipients:
         return False
     link = settings.PORTAL_BASE_URL + reverse("lab_billing", args=[setting.lab.uuid])
-    send_mail(
+    people_mail(
         f"Auto-recharge switched off for {setting.lab.name}",
         f"{setting.disabled_reason}\n\nCheck your payment method and switch it on again: {link}\n",
-        None,
         recipients,
     )
     logger.info("auto-recharge of lab %s switched off; owners told", setting.lab.uuid)

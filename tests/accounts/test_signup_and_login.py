@@ -33,6 +33,8 @@ def test_login_needs_the_verified_email_then_works(client):
     response = client.post("/accounts/login/", {"login": "dana@example.com", "password": PASSWORD})
     assert response.url == "/accounts/confirm-email/"  # not in yet: verification first
     message = mail.outbox[-1]
+    assert message.subject.startswith("[Meterbill] ")
+    assert message.body.startswith("Hello from Meterbill!")  # not from the request's host
     link = re.search(r"https?://\S+/accounts/confirm-email/\S+/", message.body).group(0)
     path = link.split("testserver", 1)[1]
     assert client.post(path).status_code == 302

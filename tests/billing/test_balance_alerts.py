@@ -18,7 +18,7 @@ from tests.billing.test_concurrency import run_threads
 
 
 def alert_mails():
-    return [m for m in mail.outbox if m.subject.startswith("Low balance")]
+    return [m for m in mail.outbox if m.subject.startswith("[Meterbill] Low balance")]
 
 
 @pytest.mark.django_db
@@ -39,7 +39,7 @@ def test_one_mail_per_fall_under_the_threshold_to_owners_and_admins(
     assert sweep() == 1
     (sent,) = alert_mails()
     assert sorted(sent.to) == ["alice@example.com", "dana@example.com"]  # not Bob, a member
-    assert sent.subject == "Low balance in Alice Lab: 40 credits"
+    assert sent.subject == "[Meterbill] Low balance in Alice Lab: 40 credits"
     assert "the lab's balance is 40 credits, under the alert you set at 50 credits" in sent.body
     assert f"/app/labs/{cast.lab.uuid}/billing/" in sent.body
     assert sweep() == 0 and len(alert_mails()) == 1  # still under: no second mail
@@ -49,7 +49,7 @@ def test_one_mail_per_fall_under_the_threshold_to_owners_and_admins(
     assert BalanceAlert.objects.get().notified_at is None  # armed again
     services.budget_assign(lab=cast.lab, project=cast.alpha, amount="0.000001")
     assert sweep() == 1 and len(alert_mails()) == 2
-    assert alert_mails()[1].subject == "Low balance in Alice Lab: 49.999999 credits"
+    assert alert_mails()[1].subject == "[Meterbill] Low balance in Alice Lab: 49.999999 credits"
 
 
 @pytest.mark.django_db
@@ -149,7 +149,7 @@ def test_the_mail_task_sends_once_skips_a_fall_that_is_over_and_retries_a_failed
     def smtp_down(*args, **kwargs):
         raise smtplib.SMTPServerDisconnected("gone")
 
-    monkeypatch.setattr("billing.balance_alerts.send_mail", smtp_down)
+    monkeypatch.setattr("core.mail.send_mail", smtp_down)
     with pytest.raises(smtplib.SMTPServerDisconnected):
         balance_alert_send(alert_id=alert.pk, fallen_at=fallen_at)
     assert BalanceAlert.objects.get().mailed_at is None  # claim given back for the retry

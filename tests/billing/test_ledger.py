@@ -290,9 +290,7 @@ def test_lab_activity_shows_every_movement_on_the_lab_and_its_projects_to_member
     services.budget_move(
         lab=cast.lab, debited=cast.alpha, credited=cast.beta, amount="1.5", actor=cast.bob
     )
-    services.budget_grant(
-        project=cast.beta, amount="2", category="promotional", source="operator"
-    )
+    services.budget_grant(project=cast.beta, amount="2", category="promotional", source="operator")
     llm = priced_service()
     reservation_create(project=cast.alpha, service=llm, quantity=1000, params={"count": 1000})
     rows = [

@@ -12,10 +12,11 @@ from django.core import mail
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing import receipts, services, tasks
+from billing import services, tasks
 from billing.models import StripeCustomer, TopUp, TopUpStatus
 from billing.selectors import lab_balance, lab_debt
 from config.celery import app
+from core import mail as core_mail
 from tests.billing import stripe_fake as sf
 from tests.billing.test_stripe_auto_recharge import card_saved, recharge_on
 from tests.billing.test_stripe_reconcile import listed_charge, listed_session
@@ -109,7 +110,7 @@ def test_a_receipt_whose_mail_server_failed_once_is_sent_by_the_retry(
     retries database and Stripe errors (tasks.py:14): after one SMTP error no receipt ever goes."""
     app.conf.task_eager_propagates = False  # retries run, as on a worker (restored by conftest)
     topup = paid(client, stripe_fake, cast, amount="25")
-    real_send, calls = receipts.send_mail, []
+    real_send, calls = core_mail.send_mail, []
 
     def flaky(*args, **kwargs):
         calls.append(args)
@@ -117,7 +118,7 @@ def test_a_receipt_whose_mail_server_failed_once_is_sent_by_the_retry(
             raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
         return real_send(*args, **kwargs)
 
-    monkeypatch.setattr(receipts, "send_mail", flaky)
+    monkeypatch.setattr(core_mail, "send_mail", flaky)
     tasks.topup_receipt_send.delay(topup.pk)
     topup.refresh_from_db()
     assert len(mail.outbox) == 1 and topup.receipt_sent_at is not None
