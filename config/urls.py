@@ -4,6 +4,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import views as core_views
 
+admin.site.site_header = "Meterbill operations"
+admin.site.site_title = "Meterbill admin"
+admin.site.index_title = "Services, prices, labs and money"
+
 urlpatterns = [
     path("", core_views.landing, name="landing"),
     path("health", core_views.health, name="health"),

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from billing.models import Plan, PlanSubscription
 from billing.plan_admin import PlanAdmin, PlanSubscriptionAdmin
+from core.money import credits_display
 from keys import quotas, selectors
 from keys.models import ALL_SERVICES, ApiKey, KeyJob, KeyLimit, PlanQuota, QuotaReset
 from keys.services import key_revoke, quota_reset
@@ -45,7 +46,7 @@ class KeyLimitInline(admin.TabularInline):
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = [
         "name", "masked", "project", "lab", "created_by", "last_used_at", "expires_at",
-        "revoked_at", "credit_limit", "credit_limit_period", "credit_used",
+        "revoked_at", "credit_limit", "credit_limit_period", "cap_used",
     ]  # fmt: skip
     list_filter = [
         ("revoked_at", admin.EmptyFieldListFilter),
@@ -60,7 +61,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     # Everything on the page; never secret_hash or previous_secret_hash.
     fields = [
         "name", "masked", "uuid", "project", "lab", "created_by", "created_by_token",
-        "services", "credit_limit", "credit_limit_period", "credit_used", "credit_period_start",
+        "services", "credit_limit", "credit_limit_period", "cap_used", "credit_period_start",
         "created_at", "last_used_at", "rotated_at", "previous_valid_until", "expires_at",
         "expired_at", "revoked_at", "revoked_by",
     ]  # fmt: skip
@@ -71,6 +72,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="Key")
     def masked(self, obj: ApiKey) -> str:
         return obj.masked
+
+    @admin.display(description="Credit used (cap period)")
+    def cap_used(self, obj: ApiKey) -> str:
+        # Counted only against a cap: a key without one spends from its project unmetered here.
+        if obj.credit_limit is None:
+            return "— no cap"
+        return credits_display(obj.credit_used)
 
     @admin.display(description="Lab", ordering="project__lab__name")
     def lab(self, obj: ApiKey) -> str:

@@ -47,6 +47,12 @@ class ServiceAdmin(admin.ModelAdmin):
         ),
     ]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A service with prices or jobs is history: switch it off (active, legacy) instead.
+        if obj is not None and (obj.prices.exists() or obj.jobs.exists()):
+            return False
+        return super().has_delete_permission(request, obj)
+
     @admin.display(description="Current default price")
     def current_price(self, service: Service) -> str:
         try:
@@ -125,7 +131,7 @@ class PriceAdmin(admin.ModelAdmin):
     ) -> Any:
         price = self.get_object(request, object_id)
         if request.method == "GET" and price is not None and not self._editable(price):
-            messages.info(
+            messages.warning(
                 request,
                 "This price is in effect or was used by a job, so it cannot change: add a new "
                 "price for the service with a later valid-from instead.",

@@ -139,3 +139,14 @@ def test_non_staff_cannot_open_it(client, cast, make_key):
     client.force_login(cast.alice)
     response = client.get("/admin/keys/apikey/")
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_the_list_shows_what_a_capped_key_used_and_no_figure_for_an_uncapped_one(
+    admin_client, cast, make_key, gateway
+):
+    _capped, capped_secret = make_key(name="capped", credit_limit="5")
+    make_key(name="uncapped")
+    assert authorize(gateway, capped_secret, units=100).status_code == 200  # holds 1.00
+    page = admin_client.get("/admin/keys/apikey/").content.decode()
+    assert '<td class="field-cap_used">1.00</td>' in page
+    assert '<td class="field-cap_used">— no cap</td>' in page

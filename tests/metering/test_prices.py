@@ -281,3 +281,17 @@ def test_admin_warns_that_a_back_dated_price_is_overridden_and_lets_it_be_fixed(
     fixed = client.post(f"/admin/metering/price/{dead.pk}/change/", form, follow=True)
     assert "applies to estimates and reservations from now on" in fixed.content.decode()
     assert selectors.price_current(service=llm, lab=None, at=timezone.now()) == dead
+
+
+@pytest.mark.django_db
+def test_admin_offers_no_delete_for_a_service_with_prices_and_names_the_site(client, llm):
+    operator_signed_in(client)
+    unpriced = Service.objects.create(slug="spare", type=ServiceType.ONESHOT, name="Spare")
+    services.price_create(service=llm, tiers=linear("0.1"), valid_from=timezone.now())
+    page = client.get(f"/admin/metering/service/{llm.pk}/change/").content.decode()
+    assert "Meterbill operations" in page and "Django administration" not in page
+    assert f"/admin/metering/service/{llm.pk}/delete/" not in page
+    assert client.get(f"/admin/metering/service/{llm.pk}/delete/").status_code == 403
+    assert f"/admin/metering/service/{unpriced.pk}/delete/" in client.get(
+        f"/admin/metering/service/{unpriced.pk}/change/"
+    ).content.decode()
