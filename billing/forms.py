@@ -95,6 +95,7 @@ class TopUpForm(forms.Form):
         """`can_save_payment_method`: the payer is an owner or admin of the lab. Auto-recharge
         charges the saved card, and only they set auto-recharge, so only they may replace it;
         for anyone else the field is left out (and a posted value ignored)."""
+        kwargs.setdefault("auto_id", "topup_%s")  # the billing page has three forms
         super().__init__(*args, **kwargs)
         self.fields["preset"].choices = [(str(a), str(a)) for a in settings.TOPUP_PRESET_AMOUNTS]
         self.fields["target"].choices = _target_choices(lab)
@@ -139,6 +140,7 @@ class AutoRechargeForm(forms.Form):
     )
 
     def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "recharge_%s")  # ids unique on the billing page
         super().__init__(*args, **kwargs)
         self.fields["target"].choices = _target_choices(lab)
         self.lab = lab
@@ -175,6 +177,7 @@ class BalanceAlertForm(forms.Form):
     )
 
     def __init__(self, *args: Any, lab: Lab, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", "alert_%s")  # ids unique on the billing page
         super().__init__(*args, **kwargs)
         self.fields["target"].choices = _target_choices(lab)
         self.lab = lab

@@ -2,6 +2,7 @@
 outsider sees nothing of Alice Lab's billing and can start nothing for it; bad input is a form
 error that writes nothing."""
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -163,3 +164,15 @@ def test_opening_a_form_address_goes_to_the_billing_page(client, cast, offline):
     for form in ("top-up/", "auto-recharge/"):
         assert client.get(f"{billing_url(cast.lab)}{form}").status_code == 404
     assert TopUp.objects.count() == 0 and AutoRecharge.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_billing_page_gives_each_field_an_id_of_its_own(client, cast, settings):
+    settings.STRIPE_SECRET_KEY = "sk_test_x"  # every form on the page: top-up, auto-recharge
+    client.force_login(cast.alice)
+    page = client.get(billing_url(cast.lab)).content.decode()
+    assert 'data-testid="auto-recharge-form"' in page and 'data-testid="alert-form"' in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    for label_for in re.findall(r'\bfor="([^"]+)"', page):
+        assert label_for in ids
