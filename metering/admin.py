@@ -112,13 +112,10 @@ class PriceAdmin(admin.ModelAdmin):
         return format_html_join("; ", "{}", ((str(tier),) for tier in price.tiers.all()))
 
     def _editable(self, price: Price | None) -> bool:
-        # Append-only: a price in effect may be charged at any moment, and one a job used
-        # must stay as it was charged; an operator adds a new version instead. One that is not
-        # in effect (not yet, or never: a later version wins) and no job used may still change.
-        if price is None:
-            return True
-        now = timezone.now()
-        return not price.jobs.exists() and (price.valid_from > now or not _in_effect(price, now))
+        # Append-only: a price in effect may be charged at any moment, one a job used must stay
+        # as it was charged, and one valid in the past prices usage events posted late (up to
+        # USAGE_MAX_PAST_SECONDS back); an operator adds a new version instead.
+        return price is None or (price.valid_from > timezone.now() and not price.jobs.exists())
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self._editable(obj) and super().has_delete_permission(request, obj)
@@ -149,8 +146,9 @@ class PriceAdmin(admin.ModelAdmin):
                 request,
                 f"This price will not apply {when}: the one valid from "
                 f"{winner.valid_from:%Y-%m-%d %H:%M} UTC takes precedence (among the prices "
-                "valid at a moment, the latest valid-from wins). To change the price from now "
-                "on, give this one a later valid-from; until then it can still be edited.",
+                "valid at a moment, the latest valid-from wins); it still prices usage posted "
+                "late for the moments it was the latest. To change the price from now on, add a "
+                "price with a later valid-from.",
             )
         elif obj.valid_from < now:
             messages.warning(
@@ -167,11 +165,6 @@ def _price_at(price: Price, at: Any) -> Price | None:
         return selectors.price_current(service=price.service, lab=price.lab, at=at)
     except MissingPriceError:
         return None
-
-
-def _in_effect(price: Price, now: Any) -> bool:
-    winner = _price_at(price, now)
-    return winner is not None and winner.pk == price.pk
 
 
 @admin.register(Discount)

@@ -259,7 +259,7 @@ def test_admin_journal_lists_what_each_entry_moved(client, cast):
 
 
 @pytest.mark.django_db
-def test_admin_warns_that_a_back_dated_price_is_overridden_and_lets_it_be_fixed(client, llm):
+def test_admin_warns_that_a_back_dated_price_is_overridden_and_keeps_it_as_it_is(client, llm):
     services.price_create(
         service=llm, tiers=linear("0.1"), valid_from=timezone.now() - timedelta(days=1)
     )
@@ -267,20 +267,32 @@ def test_admin_warns_that_a_back_dated_price_is_overridden_and_lets_it_be_fixed(
     form = price_form(llm, timezone.now() - timedelta(days=30), [(0, "", "0", "0.2")])
     saved = client.post("/admin/metering/price/add/", form, follow=True).content.decode()
     assert "This price will not apply now: the one valid from" in saved
-    assert "from now on" not in saved.split("will not apply")[0]
+    assert "add a price with a later valid-from" in saved
     dead = Price.objects.latest("id")
     assert selectors.price_current(service=llm, lab=None, at=timezone.now()) != dead
+    # It priced the 29 days before the newer one: usage posted late for them is charged at it.
     page = client.get(f"/admin/metering/price/{dead.pk}/change/").content.decode()
-    assert "so it cannot change" not in page
-    form = price_form(llm, timezone.now() - timedelta(minutes=1), [(0, "", "0", "0.2")])
+    assert "so it cannot change" in page
+    form = price_form(llm, timezone.now() - timedelta(minutes=1), [(0, "", "0", "0.3")])
     form |= {
         "tiers-INITIAL_FORMS": "1",
         "tiers-0-id": dead.tiers.get().pk,
         "tiers-0-price": dead.pk,
     }
-    fixed = client.post(f"/admin/metering/price/{dead.pk}/change/", form, follow=True)
-    assert "applies to estimates and reservations from now on" in fixed.content.decode()
-    assert selectors.price_current(service=llm, lab=None, at=timezone.now()) == dead
+    assert client.post(f"/admin/metering/price/{dead.pk}/change/", form).status_code == 403
+    assert dead.tiers.get().multiplier == D("0.2")
+
+
+@pytest.mark.django_db
+def test_a_future_prices_change_form_that_leaves_its_tier_out_is_a_form_error(client, llm):
+    operator_signed_in(client)
+    later = timezone.now() + timedelta(days=2)
+    price = services.price_create(service=llm, tiers=linear("0.1"), valid_from=later)
+    form = price_form(llm, later, [(0, "", "0", "0.2")])  # its saved tier not sent
+    response = client.post(f"/admin/metering/price/{price.pk}/change/", form)
+    assert response.status_code == 200
+    assert "Only the last tier can have" in response.content.decode()
+    assert price.tiers.get().multiplier == D("0.1")
 
 
 @pytest.mark.django_db
@@ -292,6 +304,7 @@ def test_admin_offers_no_delete_for_a_service_with_prices_and_names_the_site(cli
     assert "Meterbill operations" in page and "Django administration" not in page
     assert f"/admin/metering/service/{llm.pk}/delete/" not in page
     assert client.get(f"/admin/metering/service/{llm.pk}/delete/").status_code == 403
-    assert f"/admin/metering/service/{unpriced.pk}/delete/" in client.get(
-        f"/admin/metering/service/{unpriced.pk}/change/"
-    ).content.decode()
+    assert (
+        f"/admin/metering/service/{unpriced.pk}/delete/"
+        in client.get(f"/admin/metering/service/{unpriced.pk}/change/").content.decode()
+    )
