@@ -47,8 +47,19 @@ class UserAdmin(DjangoUserAdmin):
             services.personal_lab_create(user=obj)
 
 
+class MembershipFormSet(forms.BaseInlineFormSet):
+    """A saved membership's user cannot be swapped for another: that would remove the first
+    user without revoking their keys (delete it, and add the other, instead)."""
+
+    def add_fields(self, form: forms.Form, index: int | None) -> None:
+        super().add_fields(form, index)
+        if form.instance.pk is not None and "user" in form.fields:
+            form.fields["user"].disabled = True
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipFormSet
     extra = 0
     autocomplete_fields = ["user"]
 
@@ -98,6 +109,11 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "lab__name", "lab__uuid"]
     autocomplete_fields = ["user", "lab"]
     list_select_related = ["user", "lab"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> Any:
+        # Moving a membership to another user or lab would remove someone without revoking
+        # their keys: delete it and add another instead.
+        return ["user", "lab"] if obj is not None else []
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
         with transaction.atomic():

@@ -69,7 +69,38 @@ def test_deleting_a_membership_in_the_lab_admin_page_revokes_their_keys(
     admin_client, cast, make_key, gateway
 ):
     _bobs, bobs_secret = make_key(created_by=cast.bob)
-    # The page's own fields (billing adds the lab's grants, read-only: none sent back).
+    data = lab_admin_form(cast)
+    for n in range(int(data["memberships-TOTAL_FORMS"])):
+        if data[f"memberships-{n}-user"] == cast.bob.pk:
+            data[f"memberships-{n}-DELETE"] = "on"
+    response = admin_client.post(f"/admin/accounts/lab/{cast.lab.pk}/change/", data)
+    assert response.status_code == 302
+    assert not cast.lab.memberships.filter(user=cast.bob).exists()
+    assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
+
+
+def test_the_admin_cannot_move_a_membership_to_another_user(admin_client, cast, make_key, gateway):
+    _bobs, bobs_secret = make_key(created_by=cast.bob)
+    bobs = cast.lab.memberships.get(user=cast.bob)
+    admin_client.post(
+        f"/admin/accounts/membership/{bobs.pk}/change/",
+        {"user": cast.charlie.pk, "lab": cast.charlie_lab.pk, "role": "admin"},
+    )
+    bobs.refresh_from_db()
+    assert (bobs.user, bobs.lab, bobs.role) == (cast.bob, cast.lab, "admin")
+    data = lab_admin_form(cast)
+    for n in range(int(data["memberships-TOTAL_FORMS"])):
+        if data[f"memberships-{n}-user"] == cast.bob.pk:
+            data[f"memberships-{n}-user"] = cast.charlie.pk
+    admin_client.post(f"/admin/accounts/lab/{cast.lab.pk}/change/", data)
+    assert cast.lab.memberships.filter(user=cast.bob).exists()
+    assert not cast.lab.memberships.filter(user=cast.charlie).exists()
+    assert authorize(gateway, bobs_secret).status_code == 200  # bob is still a member
+
+
+def lab_admin_form(cast):
+    """The lab's admin page as its Save sends it back (billing adds the lab's grants,
+    read-only: none sent back)."""
     data = {"name": cast.lab.name, "personal_for": "", "grants-TOTAL_FORMS": 0}
     data["grants-INITIAL_FORMS"] = 0
     for prefix, rows in (
@@ -83,9 +114,4 @@ def test_deleting_a_membership_in_the_lab_admin_page_revokes_their_keys(
                 data[f"{prefix}-{n}-name"] = row.name
             else:
                 data |= {f"{prefix}-{n}-user": row.user_id, f"{prefix}-{n}-role": row.role}
-                if row.user_id == cast.bob.pk:
-                    data[f"{prefix}-{n}-DELETE"] = "on"
-    response = admin_client.post(f"/admin/accounts/lab/{cast.lab.pk}/change/", data)
-    assert response.status_code == 302
-    assert not cast.lab.memberships.filter(user=cast.bob).exists()
-    assert authorize(gateway, bobs_secret).json()["code"] == "key_revoked"
+    return data
