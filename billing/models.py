@@ -174,6 +174,15 @@ class EntryType(models.TextChoices):
     REINSTATE = "reinstate", "Dispute won"
 
 
+# Every type but a job's hold, release, charge and refund: what a lab's activity lists. Those
+# four are the bulk of the journal (several a job); these are a small part of it.
+MONEY_MOVEMENT_TYPES = [
+    entry_type
+    for entry_type in EntryType.values
+    if entry_type not in (EntryType.RESERVE, EntryType.RELEASE, EntryType.CHARGE, EntryType.REFUND)
+]
+
+
 class JournalEntry(models.Model):
     """One money movement. Its lines sum to zero (a database trigger refuses anything else)."""
 
@@ -219,6 +228,12 @@ class JournalEntry(models.Model):
             # charges_by_hour (usage rollups): entries of a time range. BRIN: the journal is
             # append-only in time order, so a tiny index serves ranges and costs inserts nothing.
             BrinIndex(fields=["created_at"], name="entry_created_brin"),
+            # lab_activity: the newest money movements, without walking the usage entries.
+            models.Index(
+                fields=["-id"],
+                condition=Q(type__in=MONEY_MOVEMENT_TYPES),
+                name="entry_money_movements",
+            ),
         ]
         constraints = [
             # Replays find the first entry by key; entries without a key stay out of the index.

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import DecimalField, F, Prefetch, Q, QuerySet, Sum, Value
+from django.db.models import DecimalField, Exists, F, OuterRef, Prefetch, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -18,6 +18,7 @@ from accounts.selectors import Actor
 from billing.errors import TopUpNotFoundError
 from billing.models import (
     DEBT_OPEN,
+    MONEY_MOVEMENT_TYPES,
     AccountType,
     EntryType,
     Grant,
@@ -159,8 +160,6 @@ def grant_list(*, actor: Actor, lab: Lab) -> list[GrantRow]:
     ]
 
 
-# On the usage pages instead: one of each per job would bury the rest.
-USAGE_ENTRY_TYPES = (EntryType.RESERVE, EntryType.RELEASE, EntryType.CHARGE, EntryType.REFUND)
 # Movements that make or take back a grant: they are named with its source.
 GRANT_ENTRY_TYPES = (
     EntryType.TOP_UP,
@@ -190,18 +189,14 @@ def lab_activity(*, actor: Actor, lab: Lab, limit: int = 20) -> list[Activity]:
         .exclude(type=AccountType.RESERVATION)
         .select_related("project")
     }
-    entry_ids = (
-        JournalLine.objects.filter(account_id__in=accounts)
-        .exclude(entry__type__in=USAGE_ENTRY_TYPES)
-        .order_by("-entry_id")
-        .values_list("entry_id", flat=True)
-        .distinct()[:limit]
-    )
+    # Newest first down the entry_money_movements index (holds and usage, one of each a job,
+    # are on the usage pages), each checked for a line of this lab.
+    ours = JournalLine.objects.filter(entry=OuterRef("pk"), account_id__in=list(accounts))
     entries = (
-        JournalEntry.objects.filter(pk__in=list(entry_ids))
+        JournalEntry.objects.filter(Exists(ours), type__in=MONEY_MOVEMENT_TYPES)
         .select_related("actor_user", "actor_token")
         .prefetch_related(Prefetch("lines", JournalLine.objects.select_related("grant")))
-        .order_by("-id")
+        .order_by("-id")[:limit]
     )
     return [_activity(entry, accounts) for entry in entries]
 
