@@ -303,21 +303,39 @@ class ReservationView(AccountingTokenView):
 
     def post(self, request: Request) -> Response:
         data = self.valid(self.serializer_class)
-        project = self.project(data["proj_id"], message="Account not found")
-        service = selectors.service_priced(
-            kind=self.kind, subtype=data["subtype"], lab=project.lab, at=timezone.now()
-        )
+        key = self.idempotency_key()
         quantity, params = self.quantity_and_params(data)
-        job, _ = reservations.reservation_create_once(
-            idempotency_key=self.idempotency_key(),
-            project=project,
-            service=service,
+        details = {
+            "params": params,
+            "user_uuid": data["user_id"],
+            "group_uuid": data.get("group_id"),
+            "name": data.get("name") or "",
+        }
+
+        def create() -> Job:
+            project = self.project(data["proj_id"], message="Account not found")
+            service = selectors.service_priced(
+                kind=self.kind, subtype=data["subtype"], lab=project.lab, at=timezone.now()
+            )
+            return reservations.reservation_create(
+                project=project,
+                service=service,
+                quantity=quantity,
+                **details,
+                actor=self.token,
+                idempotency_key=key,
+                fingerprint=fingerprint,
+            )
+
+        fingerprint = reservations.reservation_fingerprint(
+            kind=self.kind,
+            subtype=data["subtype"],
+            project=data["proj_id"],
             quantity=quantity,
-            params=params,
-            user_uuid=data["user_id"],
-            group_uuid=data.get("group_id"),
-            name=data.get("name") or "",
-            actor=self.token,
+            **details,
+        )
+        job = reservations.reservation_once(
+            idempotency_key=key, fingerprint=fingerprint, create=create
         )
         return envelope(
             self.message,

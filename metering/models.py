@@ -206,7 +206,10 @@ class Job(TimeStampedModel):
     idempotency_key = models.CharField(  # noqa: DJ001 (null: no key, outside the constraint)
         max_length=255, null=True, blank=True, editable=False
     )
-    request_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    # null: a process older than this column, still serving during a deploy, writes none.
+    request_fingerprint = models.CharField(  # noqa: DJ001
+        max_length=64, null=True, blank=True, editable=False
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuid_lib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -37,7 +38,7 @@ def reservation_create(
     name: str = "",
     actor: User | ServiceToken | None = None,
     idempotency_key: str | None = None,
-    fingerprint: str = "",
+    fingerprint: str | None = None,
 ) -> Job:
     """A job with the estimated cost of `quantity` units held in the project's reservation
     account. 404 without a price; 402 INSUFFICIENT_FUNDS, with nothing written, when the
@@ -61,41 +62,48 @@ def reservation_create(
         at=now,
     )
     job.user_uuid, job.group_uuid, job.name = user_uuid, group_uuid, name
-    job.idempotency_key, job.request_fingerprint = idempotency_key, fingerprint
+    if idempotency_key is not None:
+        job.idempotency_key, job.request_fingerprint = idempotency_key, fingerprint
     return reserve_sql.reservation_write(job, actor=actor)
 
 
-def reservation_create_once(*, idempotency_key: str | None, **request: Any) -> tuple[Job, bool]:
-    """reservation_create, and whether this is a replay: a retry with the same
-    `idempotency_key` gets the first job back and holds nothing more (the key is written with
-    the job, in its hold's transaction); the same key with another request is a 409. A refusal
-    writes nothing, so a refused request sent again is decided again."""
-    if idempotency_key is None:
-        return reservation_create(**request), False
-    fingerprint = billing.request_fingerprint(
-        "reservation",
-        project=request["project"].pk,
-        service=request["service"].pk,
-        quantity=request["quantity"],
-        params=request["params"],
-        user=request.get("user_uuid"),
-        group=request.get("group_uuid"),
-        name=request.get("name", ""),
+def reservation_fingerprint(
+    *, kind: str, subtype: str, project: uuid_lib.UUID, quantity: int, **details: Any
+) -> str:
+    """The digest a reservation's Idempotency-Key is checked against: equal requests give
+    equal digests (a detail left out, null or empty is one)."""
+    plain = {
+        name: {k: "" if v is None else v for k, v in value.items()}
+        if isinstance(value, dict)
+        else ("" if value is None else value)
+        for name, value in details.items()
+    }
+    return billing.request_fingerprint(
+        "reservation", kind=kind, subtype=subtype, project=project, quantity=quantity, **plain
     )
+
+
+def reservation_once(
+    *, idempotency_key: str | None, fingerprint: str, create: Callable[[], Job]
+) -> Job:
+    """`create()` (a reservation_create given this key and fingerprint), unless a reservation
+    was made with the key: then its job, before anything is priced again (a retry gets its
+    answer even once the price has changed) and with nothing more held; 409 when the key was
+    used for another request. A refusal writes nothing, so a refused request sent again is
+    decided again; of concurrent requests with one key, one writes and the others replay."""
+    if idempotency_key is None:
+        return create()
     first = Job.objects.filter(idempotency_key=idempotency_key).first()
     if first is None:
         try:
-            job = reservation_create(
-                **request, idempotency_key=idempotency_key, fingerprint=fingerprint
-            )
-            return job, False
+            return create()
         except IntegrityError:  # a concurrent request with the key wrote its job first
             first = Job.objects.filter(idempotency_key=idempotency_key).first()
             if first is None:
                 raise
     if first.request_fingerprint != fingerprint:
         raise IdempotencyConflictError()
-    return first, True
+    return first
 
 
 @transaction.atomic

@@ -12,7 +12,7 @@ from django.db import connections
 
 from billing import services as billing
 from metering.models import Job
-from metering.reservations import reservation_create_once
+from metering.reservations import reservation_create, reservation_once
 from tests.metering.test_accounting_reservations_api import longrun, oneshot
 from tests.metering.test_reservations import budget, priced_service
 
@@ -102,12 +102,17 @@ def test_concurrent_retries_hold_once(cast):
     def one(_: int) -> str:
         try:
             barrier.wait()
-            job, _replayed = reservation_create_once(
+            job = reservation_once(
                 idempotency_key="token:1:same",
-                project=cast.alpha,
-                service=service,
-                quantity=1000,
-                params={"count": 1000},
+                fingerprint="the same request",
+                create=lambda: reservation_create(
+                    project=cast.alpha,
+                    service=service,
+                    quantity=1000,
+                    params={"count": 1000},
+                    idempotency_key="token:1:same",
+                    fingerprint="the same request",
+                ),
             )
             return str(job.uuid)
         finally:
@@ -118,3 +123,28 @@ def test_concurrent_retries_hold_once(cast):
     assert len(jobs) == 1
     assert Job.objects.count() == 1
     assert budget(cast.alpha).reserved == D("0.01")
+
+
+def test_a_retry_is_answered_even_once_the_price_has_ended(gateway, funded):
+    from django.utils import timezone
+
+    from metering.models import Price
+
+    first = post(gateway, "reservation/oneshot", oneshot(funded), "r-1")
+    Price.objects.update(valid_to=timezone.now())  # no price now: a new request is a 404
+    assert post(gateway, "reservation/oneshot", oneshot(funded), "r-2").status_code == 404
+    again = post(gateway, "reservation/oneshot", oneshot(funded), "r-1")
+    assert (again.status_code, again.json()) == (201, first.json())
+
+
+def test_a_longrun_retry_without_an_instance_type_equals_one_with_null(gateway, funded):
+    first = post(gateway, "reservation/longrun", longrun(funded) | {"instance_type": None}, "r")
+    body = longrun(funded)
+    del body["instance_type"], body["name"]
+    again = post(gateway, "reservation/longrun", body, "r")
+    assert (again.status_code, again.json()) == (201, first.json())
+
+
+def test_a_reservation_without_a_key_stores_no_fingerprint(gateway, funded):
+    post(gateway, "reservation/oneshot", oneshot(funded), "")
+    assert Job.objects.get().request_fingerprint is None
