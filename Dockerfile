@@ -7,6 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# What GET /api/accounting/version reports: docker build --build-arg COMMIT_SHA=$(git rev-parse HEAD)
+ARG COMMIT_SHA=""
+ENV COMMIT_SHA=${COMMIT_SHA}
 COPY requirements/prod.txt requirements/prod.txt
 RUN pip install --requirement requirements/prod.txt
 

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import views as core_views
@@ -25,6 +26,10 @@ urlpatterns = [
     path("api/v1/", include("metering.v1_urls")),
     path("api/v1/", include("keys.v1_urls")),
     path("api/v1/", include("billing.v1_urls")),
+    # The accounting-service's own utility routes, for monitoring written against it.
+    path("api/accounting/", RedirectView.as_view(pattern_name="api_docs"), name="accounting_root"),
+    path("api/accounting/health", core_views.accounting_health, name="accounting_health"),
+    path("api/accounting/version", core_views.accounting_version, name="accounting_version"),
     path("api/accounting/", include("billing.api_urls")),
     path("api/accounting/", include("metering.api_urls")),
     path("api/", include("keys.quota_urls")),

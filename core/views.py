@@ -30,6 +30,24 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+@never_cache
+def accounting_health(request: HttpRequest) -> JsonResponse:
+    """The accounting-service's /health: its body, raw (no envelope)."""
+    return JsonResponse({"status": "OK"})
+
+
+@never_cache
+def accounting_version(request: HttpRequest) -> JsonResponse:
+    """The accounting-service's /version, with this portal's name and version."""
+    return JsonResponse(
+        {
+            "app_name": "meterbill",
+            "app_version": settings.APP_VERSION,
+            "commit_sha": settings.COMMIT_SHA or None,
+        }
+    )
+
+
 def _database_ok() -> bool:
     try:
         with connection.cursor() as cursor:

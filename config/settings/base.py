@@ -16,6 +16,11 @@ SECRET_KEY = env("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# What GET /api/accounting/version answers (the accounting-service's route); the Dockerfile
+# passes the commit it was built from.
+APP_VERSION = env.str("APP_VERSION", default="0.1.0")
+COMMIT_SHA = env.str("COMMIT_SHA", default="")
+
 # Peppers the HMAC-SHA256 of API keys and service tokens stored at rest (core/secrets.py).
 API_KEY_PEPPER = env("API_KEY_PEPPER")
 

@@ -39,3 +39,14 @@ def test_ready_is_503_when_the_database_is_down(client):
         response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "down", "redis": "ok"}
+
+
+def test_the_accounting_services_utility_routes_answer_as_it_does(client, settings):
+    """Monitoring written for the accounting-service keeps working under /api/accounting/."""
+    settings.APP_VERSION, settings.COMMIT_SHA = "1.2.3", "abc123"
+    health = client.get("/api/accounting/health")
+    assert (health.status_code, health.json()) == (200, {"status": "OK"})
+    version = client.get("/api/accounting/version").json()
+    assert version == {"app_name": "meterbill", "app_version": "1.2.3", "commit_sha": "abc123"}
+    root = client.get("/api/accounting/")
+    assert (root.status_code, root["Location"]) == (302, "/api/docs/")
