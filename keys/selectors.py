@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid as uuid_lib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, F, Q, QuerySet, Sum
@@ -199,6 +199,38 @@ def key_usage_days(
         for slug in sorted(set(asked) | set(per_service))
     ]
     return series, services
+
+
+def key_usage_by_day_and_service(
+    key: ApiKey, *, days: int = 30, now: datetime | None = None
+) -> list[tuple[date, str, int, int, Decimal]]:
+    """(UTC day, service slug, requests, units, credits) of the key's last `days` days, oldest
+    first, as key_usage_days counts them: requests on the day they were authorized, units and
+    credits on the day their usage was settled. Rows with nothing are left out."""
+    today = _day_start(now or timezone.now())
+    start = today - timedelta(days=days - 1)
+    jobs = KeyJob.objects.filter(key=key).order_by()
+    made = (
+        jobs.filter(created_at__gte=start)
+        .annotate(day=TruncDay("created_at", tzinfo=UTC))
+        .values_list("day", "service_slug")
+        .annotate(n=Count("id"))
+    )
+    settled = (
+        jobs.filter(settled_at__gte=start)
+        .annotate(day=TruncDay("settled_at", tzinfo=UTC))
+        .values_list("day", "service_slug")
+        .annotate(
+            used=Coalesce(Sum("units"), 0), charged=Coalesce(Sum("job__charged_amount"), ZERO)
+        )
+    )
+    rows: dict[tuple[datetime, str], list] = {}
+    for day, slug, count in made:
+        rows.setdefault((day, slug), [0, 0, ZERO])[0] = count
+    for day, slug, used, charged in settled:
+        row = rows.setdefault((day, slug), [0, 0, ZERO])
+        row[1], row[2] = used, charged
+    return [(day.date(), slug, *rows[day, slug]) for day, slug in sorted(rows)]
 
 
 def key_usage_this_month(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:

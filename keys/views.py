@@ -10,6 +10,7 @@ made."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -20,7 +21,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
@@ -28,6 +29,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts import selectors as account_selectors
 from accounts.models import Lab, User
+from core.csv_download import csv_response
 from core.money import credits_display
 from core.once import Claim, once_claim, once_token
 from keys import quotas, selectors, services
@@ -113,14 +115,18 @@ def _units_text(usage: KeyUsage, services: dict[str, Service]) -> str:
     return " · ".join(parts) or "no units"
 
 
-def _rows(user: User, keys: list[ApiKey]) -> list[KeyRow]:
-    now = timezone.now()
-    usage = selectors.key_usage_this_month([key.pk for key in keys], now=now)
-    slugs = {slug for one in usage.values() for slug in one.units_by_service}
-    services = {
+def _services_of(slugs: Collection[str]) -> dict[str, Service]:
+    """The services keys use (authorize serves one-shot services only), by slug."""
+    return {
         service.slug: service
         for service in Service.objects.filter(type=ServiceType.ONESHOT, slug__in=slugs)
     }
+
+
+def _rows(user: User, keys: list[ApiKey]) -> list[KeyRow]:
+    now = timezone.now()
+    usage = selectors.key_usage_this_month([key.pk for key in keys], now=now)
+    services = _services_of({slug for one in usage.values() for slug in one.units_by_service})
     manageable = selectors.keys_manageable(user=user, keys=keys)
     rows = []
     for key in keys:
@@ -379,14 +385,34 @@ def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
     except KeyNotFoundError as exc:
         raise Http404("API key not found") from exc
     days, per_service = selectors.key_usage_days(key)
+    services = _services_of([row.slug for row in per_service])
+    used = KeyUsage(0, 0, Decimal(0), {row.slug: row.units for row in per_service if row.units})
     context = {
         "key": key,
         "days": days,
-        "services": per_service,
+        "services": [
+            (row, _units_text(KeyUsage(0, 0, Decimal(0), {row.slug: row.units}), services))
+            for row in per_service
+        ],
         "totals": {
             "requests": sum(day.requests for day in days),
-            "units": sum(day.units for day in days),
+            "units": _units_text(used, services),
             "charged": credits_display(sum((day.charged for day in days), Decimal(0))),
         },
     }
     return render(request, "app/key_usage.html", context)
+
+
+KEY_USAGE_HEADER = ["day", "service", "requests", "units", "credits"]
+
+
+@login_required
+def key_usage_csv(request: HttpRequest, key_id: Any) -> HttpResponseBase:
+    """The key usage page's 30 days as CSV, a row per day and service."""
+    try:
+        key = selectors.key_get(actor=request.user, key_uuid=key_id)
+    except KeyNotFoundError as exc:
+        raise Http404("API key not found") from exc
+    rows = selectors.key_usage_by_day_and_service(key)
+    filename = f"key-usage-{key.lookup_id}-{timezone.now():%Y%m%d}.csv"
+    return csv_response(filename, KEY_USAGE_HEADER, rows)

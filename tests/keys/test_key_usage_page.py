@@ -65,10 +65,27 @@ def test_members_see_it_and_outsiders_get_404(client, cast, used):
         assert f'href="{url}"' in client.get("/app/keys/").content.decode()
         page = client.get(url).content.decode()
         assert 'data-testid="key-requests">4<' in page
-        assert 'data-testid="key-units">150<' in page
+        assert 'data-testid="key-units">150 units on ml-llm<' in page  # the fixture's unit
         assert 'data-testid="key-credits">1.50<' in page
         assert '<tr data-day="2027-01-19"><td>2027-01-19</td><td class="num">1</td>' in page
         client.force_login(cast.charlie)
         assert client.get(url).status_code == 404
     client.logout()
     assert client.get(url)["Location"].startswith("/accounts/login/")
+
+
+def test_the_download_has_a_row_per_day_and_service_for_members_only(client, cast, used):
+    url = f"/app/keys/{used.uuid}/usage.csv"
+    with time_machine.travel(JAN_20, tick=False):
+        client.force_login(cast.bob)
+        assert f'href="{url}"' in client.get(f"/app/keys/{used.uuid}/usage/").content.decode()
+        response = client.get(url)
+        assert response["Content-Type"].startswith("text/csv")
+        assert b"".join(response.streaming_content).decode().splitlines() == [
+            "day,service,requests,units,credits",
+            "2027-01-18,ml-llm,2,100,1",
+            "2027-01-19,ml-llm,1,0,0",
+            "2027-01-20,ml-llm,1,50,0.5",
+        ]
+        client.force_login(cast.charlie)
+        assert client.get(url).status_code == 404
