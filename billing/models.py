@@ -560,6 +560,11 @@ class BalanceAlert(TimeStampedModel):
 class PlanPeriod(models.TextChoices):
     MONTHLY = "monthly", "Monthly"
     WEEKLY = "weekly", "Weekly"
+    DAILY = "daily", "Daily"  # a trial of 30 days is 30 daily periods, or one of daily credits
+
+
+# What a plan's term counts: "3 months", "30 days".
+PERIOD_UNITS = {PlanPeriod.MONTHLY: "month", PlanPeriod.WEEKLY: "week", PlanPeriod.DAILY: "day"}
 
 
 class PlanRollover(models.TextChoices):
@@ -648,14 +653,15 @@ class Plan(TimeStampedModel):
         """How long the plan lasts: `3 months`, `1 week`; empty: until ended."""
         if self.periods is None:
             return ""
-        unit = "month" if self.period == PlanPeriod.MONTHLY else "week"
+        unit = PERIOD_UNITS[PlanPeriod(self.period)]
         return f"{self.periods} {unit}{'' if self.periods == 1 else 's'}"
 
     @property
     def summary(self) -> str:
         """`25 credits monthly, unused credits carried over up to 10`; a trial: `5 credits
         monthly for 1 month, unused credits expire at the end of each period`."""
-        text = f"{decimal_plain(self.credits)} credits {self.get_period_display().lower()}"
+        word = "credit" if self.credits == 1 else "credits"
+        text = f"{decimal_plain(self.credits)} {word} {self.get_period_display().lower()}"
         if self.term:
             text = f"{text} for {self.term}"
         if self.rollover == PlanRollover.CARRY and self.rollover_max and self.periods != 1:

@@ -48,7 +48,7 @@ class PlanOut(serializers.Serializer):
     credits = serializers.DecimalField(
         max_digits=24, decimal_places=6, help_text="Credits granted every period."
     )
-    period = serializers.CharField(help_text="monthly or weekly, from the day a lab joins.")
+    period = serializers.CharField(help_text="monthly, weekly or daily, from when a lab joins.")
     rollover = serializers.CharField(help_text="reset, or carry (up to rollover_max).")
     rollover_max = serializers.DecimalField(max_digits=24, decimal_places=6, allow_null=True)
     periods = serializers.IntegerField(

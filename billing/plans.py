@@ -38,13 +38,17 @@ ZERO = Decimal(0)
 logger = logging.getLogger(__name__)
 
 
+# Periods of a fixed length (a month's length depends on the month).
+_FIXED_PERIODS = {PlanPeriod.WEEKLY: timedelta(weeks=1), PlanPeriod.DAILY: timedelta(days=1)}
+
+
 def period_bounds(*, started_at: datetime, period: str, index: int) -> tuple[datetime, datetime]:
     """Period `index` of a plan started at `started_at`; months clamp to the month's end."""
 
     def shifted(n: int) -> datetime:
         if period == PlanPeriod.MONTHLY:
             return started_at + relativedelta(months=n)
-        return started_at + timedelta(weeks=n)
+        return started_at + n * _FIXED_PERIODS[period]
 
     return shifted(index), shifted(index + 1)
 
@@ -57,7 +61,7 @@ def period_index_at(*, started_at: datetime, period: str, at: datetime) -> int:
     if period == PlanPeriod.MONTHLY:
         months = (at.year - started_at.year) * 12 + at.month - started_at.month
         return months if started_at + relativedelta(months=months) <= at else months - 1
-    return (at - started_at) // timedelta(weeks=1)
+    return (at - started_at) // _FIXED_PERIODS[period]
 
 
 def _period_grant(subscription: PlanSubscription, *, carried: Decimal, actor: Actor) -> Grant:

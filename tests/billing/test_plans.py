@@ -83,6 +83,30 @@ def test_months_clamp_to_the_month_end_and_weeks_are_seven_days():
         start + timedelta(days=14),
         start + timedelta(days=21),
     )
+    assert plans.period_bounds(started_at=start, period="daily", index=29) == (
+        start + timedelta(days=29),
+        start + timedelta(days=30),
+    )
+    later = start + timedelta(days=29, hours=23)
+    assert plans.period_index_at(started_at=start, period="daily", at=later) == 29
+
+
+@pytest.mark.django_db
+def test_a_daily_trial_of_thirty_days_grants_each_day_and_ends_after_the_thirtieth(cast):
+    trial = make_plan(slug="trial", credits=D("1"), period="daily", periods=30)
+    assert trial.summary == (
+        "1 credit daily for 30 days, unused credits expire at the end of each period"
+    )
+    with time_machine.travel(JAN_31, tick=False):
+        plans.plan_subscribe(lab=cast.lab, plan=trial, project=cast.alpha)
+        assert budget(cast.alpha) == D("1")
+    with time_machine.travel(JAN_31 + timedelta(days=1, seconds=30), tick=False):
+        assert plans.plan_periods_renew() == 1
+        assert budget(cast.alpha) == D("1")  # the first day's credit expired, the second's came
+    with time_machine.travel(JAN_31 + timedelta(days=30, seconds=30), tick=False):
+        plans.plan_periods_renew()
+        assert plan_current(lab=cast.lab) is None  # the term is over: no plan, no credits
+        assert budget(cast.alpha) == 0
 
 
 @pytest.mark.django_db
