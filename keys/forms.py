@@ -27,6 +27,7 @@ from keys.services import (
     key_settings_validate,
 )
 from metering.models import Service
+from metering.units import units_plural
 
 ALL, SOME = "all", "some"
 
@@ -64,6 +65,11 @@ class ServiceRow:
     @property
     def units_hint(self) -> str:
         return _default_hint(self.service.key_units_per_minute)
+
+    @property
+    def units_name(self) -> str:
+        """What the service's units are called: tokens, calls."""
+        return units_plural(self.service.unit_label)
 
 
 def _default_hint(default: int | None) -> str:
