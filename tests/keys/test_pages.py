@@ -503,3 +503,13 @@ def test_a_revoked_key_does_not_claim_its_previous_secret_still_works(client, ca
     page = client.get(KEYS).content.decode()
     assert "the previous secret works until" not in page
     assert "Revoked " in page and "by alice@example.com; it works nowhere." in page
+
+
+def test_each_limit_field_is_labelled_with_its_service(client, cast, llm):
+    client.force_login(cast.alice)
+    page = client.get(NEW).content.decode()
+    labels = re.findall(r"<label for=\"[^\"]+\">(Requests|Units) / min(.*?)\n", page)
+    assert ("Requests", '<span class="sr-only"> for the whole key</span>') in labels
+    assert ("Units", '<span class="sr-only"> for ml-llm</span>') in labels
+    assert len(set(labels)) == len(labels)  # no two limit fields read the same
+    assert "counted in units" in page  # the fixture's service counts in "unit"
