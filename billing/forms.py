@@ -76,7 +76,7 @@ class TopUpForm(forms.Form):
 
     preset = forms.ChoiceField(required=False, widget=forms.RadioSelect)
     amount = forms.CharField(
-        label="Other amount",
+        label="Or another amount (used instead of the choice above)",
         required=False,
         widget=forms.TextInput(attrs={"inputmode": "decimal", "placeholder": "25.00"}),
     )

@@ -202,6 +202,8 @@ def test_switching_it_on_needs_a_saved_card_and_an_owner(client, cast, offline):
     url = f"/app/labs/{cast.lab.uuid}/billing/auto-recharge/"
     assert client.post(url, form).status_code == 403
     client.force_login(cast.alice)
+    page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+    assert 'disabled data-testid="auto-recharge-waits"' in page  # nothing to charge yet
     refused = client.post(url, form)
     assert refused.status_code == 400 and "Save a payment method first" in refused.content.decode()
     bad = client.post(url, {**form, "monthly_cap": "10"})
@@ -274,3 +276,12 @@ def test_the_sweep_catches_a_crossing_the_debit_did_not_see(client, cast, stripe
     assert auto_recharge.auto_recharge_sweep() == 1
     assert TopUp.objects.get(kind=TopUpKind.AUTO).amount_minor == setting.amount_minor
     assert len(stripe_fake.writes("/v1/payment_intents")) == 1
+
+
+@pytest.mark.django_db
+def test_the_auto_recharge_form_opens_once_a_card_is_saved(client, cast, stripe_fake):
+    card_saved(client, stripe_fake, cast)
+    client.force_login(cast.alice)
+    page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
+    assert "Saved payment method: visa •••• 4242." in page
+    assert 'data-testid="auto-recharge-form"' in page and "auto-recharge-waits" not in page
