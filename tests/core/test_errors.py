@@ -68,6 +68,7 @@ def test_schema_and_docs_are_served(client):
     # Swagger UI comes from our own static files, never a CDN.
     assert b"cdn" not in docs.content.lower()
     assert b"swagger-ui" in docs.content
+    assert b'<a href="/app/" style="color: #0172ad;">back to the portal</a>' in docs.content
 
 
 @pytest.mark.django_db
