@@ -26,7 +26,7 @@ from accounts.models import Lab, Project, Role, User
 from billing.errors import BudgetError
 from billing.models import AccountType, BalanceAlert, LedgerAccount
 from core.mail import people_mail
-from core.money import decimal_plain
+from core.money import credits_display
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +155,10 @@ def _mail(alert: BalanceAlert, balance: Decimal, recipients: list[str]) -> None:
     watched = f"project {alert.project.name}'s budget" if alert.project else "the lab's balance"
     link = settings.PORTAL_BASE_URL + reverse("lab_billing", args=[lab.uuid])
     people_mail(
-        f"Low balance in {lab.name}: {decimal_plain(balance)} credits",
+        f"Low balance in {lab.name}: {credits_display(balance)} credits",
         (
-            f"In {lab.name}, {watched} is {decimal_plain(balance)} credits, under the alert"
-            f" you set at {decimal_plain(alert.threshold)} credits.\n\n"
+            f"In {lab.name}, {watched} is {credits_display(balance)} credits, under the alert"
+            f" you set at {credits_display(alert.threshold)} credits.\n\n"
             f"Top up or move credits between budgets: {link}\n\n"
             "You get this once; the alert is armed again when the balance is back at or above"
             " the threshold.\n"

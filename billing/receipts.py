@@ -14,6 +14,7 @@ from billing import stripe_gateway, topups
 from billing.currency import amount_format
 from billing.models import CREDITED_STATUSES, AutoRecharge, TopUp, TopUpKind
 from core.mail import people_mail
+from core.money import credits_display
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def receipt_send(*, topup_id: int) -> bool:
     }
     try:
         people_mail(
-            f"Receipt: {context['paid']} for {topup.credits.normalize():f} credits",
+            f"Receipt: {context['paid']} for {credits_display(topup.credits)} credits",
             render_to_string("app/billing_receipt_mail.txt", context),
             recipients,
         )

@@ -81,9 +81,15 @@ def decimal_rounded(value: Decimal, significant: int = 6) -> str:
 
 
 def credits_display(amount: Decimal) -> str:
-    """Two decimals, or as many as the amount has (up to six): 1.50, 0.000123."""
+    """Credits as pages and mails show them: exact (two decimals, or as many as the amount has,
+    up to six), thousands grouped: 1,234.50, 0.081, 0.000123. Rounding to cents would make the
+    parts of a page disagree with its totals."""
     with localcontext() as context:
         context.prec = _digits_for(amount)
-        if amount == amount.quantize(CENT):
-            return str(amount.quantize(CENT))
-    return decimal_plain(amount)
+        exact = amount == amount.quantize(CENT)
+        text = str(amount.quantize(CENT)) if exact else decimal_plain(amount)
+    whole, _, fraction = text.partition(".")
+    sign, digits = ("-", whole[1:]) if whole.startswith("-") else ("", whole)
+    if int(digits) == 0 and not fraction.strip("0"):
+        sign = ""  # -0 is 0
+    return f"{sign}{int(digits):,}" + (f".{fraction}" if fraction else "")

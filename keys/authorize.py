@@ -30,6 +30,7 @@ from accounts.authentication import TOKEN
 from accounts.models import Project, ServiceToken
 from billing import recharge_trigger
 from billing.ledger import project_ref
+from billing.models import PERIOD_UNITS, PlanPeriod
 from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
 from core.secrets import secret_hash
@@ -405,7 +406,7 @@ def _quota_refusal(
     what = "requests of every service" if scope == ALL_SERVICES else f"'{slug}' requests"
     decision.status, decision.code = 402, Code.QUOTA_EXCEEDED
     decision.message = (
-        f"The lab's plan allows {limit} {what} a {plan_quotas.period.removesuffix('ly')}: "
+        f"The lab's plan allows {limit} {what} a {PERIOD_UNITS[PlanPeriod(plan_quotas.period)]}: "
         f"none left until {quota.period_end.isoformat()}."
     )
     return decision

@@ -403,7 +403,7 @@ def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
     return render(request, "app/key_usage.html", context)
 
 
-KEY_USAGE_HEADER = ["day", "service", "requests", "units", "credits"]
+KEY_USAGE_HEADER = ["day", "service", "unit", "requests", "units", "credits"]
 
 
 @login_required
@@ -414,5 +414,9 @@ def key_usage_csv(request: HttpRequest, key_id: Any) -> HttpResponseBase:
     except KeyNotFoundError as exc:
         raise Http404("API key not found") from exc
     rows = selectors.key_usage_by_day_and_service(key)
+    units = {
+        slug: service.unit_label for slug, service in _services_of({r[1] for r in rows}).items()
+    }
+    rows = [(day, slug, units.get(slug, ""), *figures) for day, slug, *figures in rows]
     filename = f"key-usage-{key.lookup_id}-{timezone.now():%Y%m%d}.csv"
     return csv_response(filename, KEY_USAGE_HEADER, rows)

@@ -24,8 +24,12 @@ class Migration(migrations.Migration):
         ),
         migrations.SeparateDatabaseAndState(
             database_operations=[
+                # A build that failed half-way leaves an invalid index of that name: drop it.
                 migrations.RunSQL(
-                    f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {INDEX} ON metering_job"
+                    f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}", migrations.RunSQL.noop
+                ),
+                migrations.RunSQL(
+                    f"CREATE UNIQUE INDEX CONCURRENTLY {INDEX} ON metering_job"
                     " (idempotency_key) WHERE idempotency_key IS NOT NULL",
                     f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}",
                 ),

@@ -39,8 +39,8 @@ def test_one_mail_per_fall_under_the_threshold_to_owners_and_admins(
     assert sweep() == 1
     (sent,) = alert_mails()
     assert sorted(sent.to) == ["alice@example.com", "dana@example.com"]  # not Bob, a member
-    assert sent.subject == "[Meterbill] Low balance in Alice Lab: 40 credits"
-    assert "the lab's balance is 40 credits, under the alert you set at 50 credits" in sent.body
+    assert sent.subject == "[Meterbill] Low balance in Alice Lab: 40.00 credits"
+    assert "the lab's balance is 40.00 credits, under the alert you set at 50.00 credits" in sent.body
     assert f"/app/labs/{cast.lab.uuid}/billing/" in sent.body
     assert sweep() == 0 and len(alert_mails()) == 1  # still under: no second mail
 
@@ -62,11 +62,11 @@ def test_a_project_alert_watches_that_projects_budget_only(
     alert_add(lab=cast.lab, project=cast.beta, threshold="20", actor=cast.alice)  # beta: 0
     with django_capture_on_commit_callbacks(execute=True):
         assert balance_alerts_sweep() == 1  # beta's, already under
-    assert "project Beta's budget is 0 credits" in alert_mails()[0].body
+    assert "project Beta's budget is 0.00 credits" in alert_mails()[0].body
     services.budget_move(lab=cast.lab, debited=cast.alpha, credited=cast.beta, amount="15")
     with django_capture_on_commit_callbacks(execute=True):
         assert balance_alerts_sweep() == 1  # alpha's now (15); beta (15) stays sent
-    assert "project Alpha's budget is 15 credits" in alert_mails()[1].body
+    assert "project Alpha's budget is 15.00 credits" in alert_mails()[1].body
 
 
 @pytest.mark.django_db(transaction=True)

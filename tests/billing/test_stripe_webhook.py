@@ -274,7 +274,7 @@ def test_the_same_paid_event_delivered_ten_times_at_once_grants_once(cast, strip
     assert topup.receipt_sent_at is not None  # the receipt task ran once, after commit
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["alice@example.com"]
     body = mail.outbox[0].body
-    assert mail.outbox[0].subject == "[Meterbill] Receipt: 50.00 USD for 50 credits"
+    assert mail.outbox[0].subject == "[Meterbill] Receipt: 50.00 USD for 50.00 credits"
     assert "Paid: 50.00 USD" in body and "Credits: 50.00" in body
     assert "https://pay.stripe.com/receipts/test_receipt" in body
     assert "https://invoice.stripe.com/i/test_invoice" in body

@@ -18,8 +18,14 @@ from django.template import Context, Template
         (Decimal("0E-6"), "0.00"),
         (Decimal("1E+3"), "1,000.00"),
         ("12.5", "12.50"),
+        (Decimal("-0"), "0.00"),
+        (Decimal("-0.000001"), "-0.000001"),
         (None, ""),
         ("not a number", ""),
+        (Decimal("NaN"), ""),
+        (Decimal("Infinity"), ""),
+        (Decimal("-Infinity"), ""),
+        (Decimal("sNaN"), ""),
     ],
 )
 def test_credits_are_shown_exactly_with_thousands_separators(amount, text):

@@ -82,10 +82,10 @@ def test_the_download_has_a_row_per_day_and_service_for_members_only(client, cas
         response = client.get(url)
         assert response["Content-Type"].startswith("text/csv")
         assert b"".join(response.streaming_content).decode().splitlines() == [
-            "day,service,requests,units,credits",
-            "2027-01-18,ml-llm,2,100,1",
-            "2027-01-19,ml-llm,1,0,0",
-            "2027-01-20,ml-llm,1,50,0.5",
+            "day,service,unit,requests,units,credits",
+            "2027-01-18,ml-llm,unit,2,100,1",
+            "2027-01-19,ml-llm,unit,1,0,0",
+            "2027-01-20,ml-llm,unit,1,50,0.5",
         ]
         client.force_login(cast.charlie)
         assert client.get(url).status_code == 404

@@ -25,9 +25,9 @@ from tests.metering.test_reservations import priced_service
 pytestmark = pytest.mark.django_db
 
 
-def plan_with_quotas(lab, project, quotas: dict) -> Plan:
+def plan_with_quotas(lab, project, quotas: dict, period="monthly") -> Plan:
     """A monthly plan with `{service or None: requests}` quotas, and `lab` on it."""
-    plan = Plan.objects.create(slug="free", name="Free", credits=Decimal("1"), period="monthly")
+    plan = Plan.objects.create(slug="free", name="Free", credits=Decimal("1"), period=period)
     for service, requests in quotas.items():
         PlanQuota.objects.create(plan=plan, service=service, requests=requests)
     plans.plan_subscribe(lab=lab, plan=plan, project=project)
@@ -277,3 +277,11 @@ def test_the_keys_own_overview_shows_its_labs_plan_quotas(cast, gateway, make_ke
         {"service": "*", "limit": 10, "remaining": 9},
         {"service": "ml-llm", "limit": 3, "remaining": 2},
     ]
+
+
+def test_a_daily_plans_quota_counts_by_the_day_and_says_so(cast, gateway, make_key, llm):
+    plan_with_quotas(cast.lab, cast.alpha, {llm: 1}, period="daily")
+    _, full = make_key()
+    assert authorize(gateway, full).status_code == 200
+    refused = authorize(gateway, full).json()
+    assert refused["message"].startswith("The lab's plan allows 1 'ml-llm' requests a day: ")
