@@ -268,13 +268,18 @@ def key_new(request: HttpRequest) -> HttpResponse:
     return _render_secret(request, key, full_key, rotated=False)
 
 
+def _visible_key(request: HttpRequest, key_id: Any) -> ApiKey:
+    """The key if the user is a member of its lab: 404 otherwise."""
+    try:
+        return selectors.key_get(actor=request.user, key_uuid=key_id)
+    except KeyNotFoundError as exc:
+        raise Http404("API key not found") from exc
+
+
 def _managed_key(request: HttpRequest, key_id: Any) -> ApiKey:
     """The key if the user may revoke and rotate it: 404 when it is not theirs to see, 403
     when they see it but neither made it nor run its lab."""
-    try:
-        key = selectors.key_get(actor=request.user, key_uuid=key_id)
-    except KeyNotFoundError as exc:
-        raise Http404("API key not found") from exc
+    key = _visible_key(request, key_id)
     if not selectors.key_can_manage(user=request.user, key=key):
         raise PermissionDenied("Only the key's creator and the lab's owners and admins may.")
     return key
@@ -380,10 +385,7 @@ def key_edit(request: HttpRequest, key_id: Any) -> HttpResponse:
 @login_required
 def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
     """A key's last 30 days by day and by service: every member of its lab; others get 404."""
-    try:
-        key = selectors.key_get(actor=request.user, key_uuid=key_id)
-    except KeyNotFoundError as exc:
-        raise Http404("API key not found") from exc
+    key = _visible_key(request, key_id)
     days, per_service = selectors.key_usage_days(key)
     services = _services_of([row.slug for row in per_service])
     used = KeyUsage(0, 0, Decimal(0), {row.slug: row.units for row in per_service if row.units})
@@ -409,10 +411,7 @@ KEY_USAGE_HEADER = ["day", "service", "unit", "requests", "units", "credits"]
 @login_required
 def key_usage_csv(request: HttpRequest, key_id: Any) -> HttpResponseBase:
     """The key usage page's 30 days as CSV, a row per day and service."""
-    try:
-        key = selectors.key_get(actor=request.user, key_uuid=key_id)
-    except KeyNotFoundError as exc:
-        raise Http404("API key not found") from exc
+    key = _visible_key(request, key_id)
     rows = selectors.key_usage_by_day_and_service(key)
     units = {
         slug: service.unit_label for slug, service in _services_of({r[1] for r in rows}).items()
