@@ -40,7 +40,9 @@ def test_one_mail_per_fall_under_the_threshold_to_owners_and_admins(
     (sent,) = alert_mails()
     assert sorted(sent.to) == ["alice@example.com", "dana@example.com"]  # not Bob, a member
     assert sent.subject == "[Meterbill] Low balance in Alice Lab: 40.00 credits"
-    assert "the lab's balance is 40.00 credits, under the alert you set at 50.00 credits" in sent.body
+    assert (
+        "the lab's balance is 40.00 credits, under the alert you set at 50.00 credits" in sent.body
+    )
     assert f"/app/labs/{cast.lab.uuid}/billing/" in sent.body
     assert sweep() == 0 and len(alert_mails()) == 1  # still under: no second mail
 
