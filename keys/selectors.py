@@ -21,6 +21,7 @@ from keys.caps import cap_period_start
 from keys.errors import KeyNotFoundError
 from keys.models import ALL_SERVICES, ApiKey, KeyJob, PlanQuota
 from keys.quotas import PlanQuotas
+from metering.models import UsageEvent, UsageEventOutcome
 
 ZERO = Decimal(0)
 
@@ -231,6 +232,28 @@ def key_usage_by_day_and_service(
         row = rows.setdefault((day, slug), [0, 0, ZERO])
         row[1], row[2] = used, charged
     return [(day.date(), slug, *rows[day, slug]) for day, slug in sorted(rows)]
+
+
+def key_event_units(
+    key: ApiKey, *, days: int = 30, now: datetime | None = None
+) -> list[tuple[str, int, int]]:
+    """(service slug, events, units) of the accepted batch usage events (POST /api/v1/usage/
+    events) of the key's project that name this key, by its id or its prefix, and happened in
+    its last `days` UTC days. Their credits are charged with the project's other usage, summed
+    per service, so they have no price of their own here."""
+    start = _day_start(now or timezone.now()) - timedelta(days=days - 1)
+    rows = (
+        UsageEvent.objects.filter(
+            project_id=key.project_id,
+            key_ref__in=[str(key.uuid), f"{ApiKey.PREFIX}{key.lookup_id}"],
+            outcome=UsageEventOutcome.ACCEPTED,
+            occurred_at__gte=start,
+        )
+        .values_list("service__slug")
+        .annotate(events=Count("id"), units=Sum("units"))
+        .order_by("service__slug")
+    )
+    return [(slug, events, units) for slug, events, units in rows]
 
 
 def key_usage_this_month(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:

@@ -104,12 +104,17 @@ def _limit_lines(key: ApiKey) -> list[LimitLine]:
     return lines
 
 
+def _service_units(slug: str, units: int, services: dict[str, Service]) -> str:
+    """12,000 tokens: in the service's own unit."""
+    if slug not in services:
+        return f"{units:,} units"
+    return ServiceUsage(service=services[slug], units=Decimal(units)).units_text
+
+
 def _units_text(usage: KeyUsage, services: dict[str, Service]) -> str:
     """Units per service, each in its own unit (tokens and seconds do not add up)."""
     parts = [
-        f"{ServiceUsage(service=services.get(slug), units=Decimal(units)).units_text} on {slug}"
-        if slug in services
-        else f"{units:,} units on {slug}"
+        f"{_service_units(slug, units, services)} on {slug}"
         for slug, units in usage.units_by_service.items()
     ]
     return " · ".join(parts) or "no units"
@@ -387,14 +392,15 @@ def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
     """A key's last 30 days by day and by service: every member of its lab; others get 404."""
     key = _visible_key(request, key_id)
     days, per_service = selectors.key_usage_days(key)
-    services = _services_of([row.slug for row in per_service])
+    events = selectors.key_event_units(key)
+    services = _services_of([row.slug for row in per_service] + [row[0] for row in events])
     used = KeyUsage(0, 0, Decimal(0), {row.slug: row.units for row in per_service if row.units})
     context = {
         "key": key,
         "days": days,
-        "services": [
-            (row, _units_text(KeyUsage(0, 0, Decimal(0), {row.slug: row.units}), services))
-            for row in per_service
+        "services": [(row, _service_units(row.slug, row.units, services)) for row in per_service],
+        "events": [
+            (slug, count, _service_units(slug, units, services)) for slug, count, units in events
         ],
         "totals": {
             "requests": sum(day.requests for day in days),

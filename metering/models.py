@@ -309,7 +309,9 @@ class UsageEvent(models.Model):
     job = models.ForeignKey(
         Job, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
-    key_ref = models.CharField(max_length=64, blank=True)  # the end-user API key, if any
+    # The end-user API key, if any: its id or its prefix (sk_<lookup id>) attribute the event
+    # to that key of the event's project (keys.selectors.key_event_units); other text is kept.
+    key_ref = models.CharField(max_length=64, blank=True)
     units = models.PositiveBigIntegerField(default=0)
     occurred_at = models.DateTimeField(null=True)
     received_at = models.DateTimeField(default=timezone.now)
@@ -329,6 +331,12 @@ class UsageEvent(models.Model):
                 fields=["id"],
                 condition=Q(outcome="accepted", settled_at__isnull=True),
                 name="usage_event_settle_queue",
+            ),
+            # A key's usage page: accepted events naming a key (most name none).
+            models.Index(
+                fields=["project", "key_ref", "occurred_at"],
+                condition=Q(outcome="accepted") & ~Q(key_ref=""),
+                name="usage_event_key",
             ),
         ]
 

@@ -89,3 +89,34 @@ def test_the_download_has_a_row_per_day_and_service_for_members_only(client, cas
         ]
         client.force_login(cast.charlie)
         assert client.get(url).status_code == 404
+
+
+def test_batch_events_naming_the_key_show_on_its_page(client, cast, make_key, token_client):
+    key, _full = make_key()
+    other, _ = make_key(project=cast.beta, name="beta key")
+    events = [
+        {"id": str(n), "project": str(project.uuid), "service": "ml-llm", "units": units,
+         "timestamp": int(JAN_20.timestamp()) - 60, "key": ref}
+        for n, (project, ref, units) in enumerate([
+            (cast.alpha, f"sk_{key.lookup_id}", 1200),  # by its prefix
+            (cast.alpha, str(key.uuid), 34),  # by its id
+            (cast.alpha, "someone else", 5),  # free text: nobody's
+            (cast.beta, f"sk_{key.lookup_id}", 7),  # another project: not this key's
+            (cast.alpha, f"sk_{other.lookup_id}", 9),  # the other key, in the wrong project
+        ])
+    ]  # fmt: skip
+    with time_machine.travel(JAN_20, tick=False):
+        answer = token_client(["usage"]).post(
+            "/api/v1/usage/events", {"events": events}, format="json"
+        )
+        assert {r["status"] for r in answer.json()["results"]} == {"accepted"}
+        client.force_login(cast.bob)
+        page = client.get(f"/app/keys/{key.uuid}/usage/").content.decode()
+        assert (
+            '<tr><td><code>ml-llm</code></td><td class="num">2</td><td class="num">1,234 units</td></tr>'
+            in page
+        )
+        assert (
+            'data-testid="key-events"'
+            not in client.get(f"/app/keys/{other.uuid}/usage/").content.decode()
+        )
