@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from django.conf import settings
 
 LOOKUP_ID_LENGTH = 12
 _LOOKUP_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+# An end-user API key as shown once: sk_<lookup id>_<secret> (keys.services).
+API_KEY_SHAPE = re.compile(r"sk_([a-z0-9]{1,32})_([A-Za-z0-9_\-]{1,200})")
 
 
 def lookup_id_generate() -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import uuid as uuid_lib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +32,7 @@ from billing.ledger import project_ref
 from billing.models import PERIOD_UNITS, PlanPeriod
 from core.db import execute_prepared
 from core.money import MAX_CREDITS, credits_quantize
-from core.secrets import secret_hash
+from core.secrets import API_KEY_SHAPE, secret_hash
 from keys import quotas, ratelimit
 from keys.caps import cap_remaining
 from keys.hold_function import CapExceeded, FundsShort, HoldCall, hold_call
@@ -46,7 +45,7 @@ from metering.selectors import DISCOUNT_SQL, PRICE_ID_SQL, TIERS_SQL, tiers_of
 
 logger = logging.getLogger(__name__)
 
-KEY_SHAPE = re.compile(r"sk_([a-z0-9]{1,32})_([A-Za-z0-9_\-]{1,200})")
+KEY_SHAPE = API_KEY_SHAPE
 UNITS_MAX = 10**15
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 

@@ -21,7 +21,7 @@ from keys.caps import cap_period_start
 from keys.errors import KeyNotFoundError
 from keys.models import ALL_SERVICES, ApiKey, KeyJob, PlanQuota
 from keys.quotas import PlanQuotas
-from metering.models import UsageEvent, UsageEventOutcome
+from metering.models import Service, UsageEvent, UsageEventOutcome
 
 ZERO = Decimal(0)
 
@@ -236,8 +236,8 @@ def key_usage_by_day_and_service(
 
 def key_event_units(
     key: ApiKey, *, days: int = 30, now: datetime | None = None
-) -> list[tuple[str, int, int]]:
-    """(service slug, events, units) of the accepted batch usage events (POST /api/v1/usage/
+) -> list[tuple[Service, int, int]]:
+    """(service, events, units) of the accepted batch usage events (POST /api/v1/usage/
     events) of the key's project that name this key, by its id or its prefix, and happened in
     its last `days` UTC days. Their credits are charged with the project's other usage, summed
     per service, so they have no price of their own here."""
@@ -249,11 +249,13 @@ def key_event_units(
             outcome=UsageEventOutcome.ACCEPTED,
             occurred_at__gte=start,
         )
-        .values_list("service__slug")
+        .values_list("service_id")
         .annotate(events=Count("id"), units=Sum("units"))
-        .order_by("service__slug")
+        .order_by()
     )
-    return [(slug, events, units) for slug, events, units in rows]
+    services = Service.objects.in_bulk([service_id for service_id, _, _ in rows])
+    found = [(services[service_id], events, int(units)) for service_id, events, units in rows]
+    return sorted(found, key=lambda row: (row[0].slug, row[0].type))
 
 
 def key_usage_this_month(key_ids: list[int], *, now: datetime | None = None) -> dict[int, KeyUsage]:

@@ -393,14 +393,15 @@ def key_usage(request: HttpRequest, key_id: Any) -> HttpResponse:
     key = _visible_key(request, key_id)
     days, per_service = selectors.key_usage_days(key)
     events = selectors.key_event_units(key)
-    services = _services_of([row.slug for row in per_service] + [row[0] for row in events])
+    services = _services_of([row.slug for row in per_service])
     used = KeyUsage(0, 0, Decimal(0), {row.slug: row.units for row in per_service if row.units})
     context = {
         "key": key,
         "days": days,
         "services": [(row, _service_units(row.slug, row.units, services)) for row in per_service],
         "events": [
-            (slug, count, _service_units(slug, units, services)) for slug, count, units in events
+            (service, count, ServiceUsage(service=service, units=Decimal(units)).units_text)
+            for service, count, units in events
         ],
         "totals": {
             "requests": sum(day.requests for day in days),

@@ -28,6 +28,7 @@ from accounts import selectors as account_selectors
 from accounts.models import ServiceToken
 from core.db import execute_prepared
 from core.errors import InvalidRequestError
+from core.secrets import API_KEY_SHAPE
 from metering.constants import MAX_QUANTITY
 from metering.models import (
     Job,
@@ -242,6 +243,8 @@ def _parsed(event: _Event, earliest: datetime, latest: datetime) -> str | None:
     if key is not None:
         if not (isinstance(key, str) and len(key) <= KEY_MAX_LENGTH and _storable(key)):
             return Reason.INVALID_KEY
+        if full := API_KEY_SHAPE.fullmatch(key):  # a whole key: keep its prefix, never a secret
+            key = f"sk_{full.group(1)}"
         event.key_ref = key
     return None
 

@@ -66,7 +66,8 @@ class UsageEventIn(serializers.Serializer):
         max_length=ingestion.KEY_MAX_LENGTH,
         required=False,
         allow_null=True,
-        help_text="The end user's API key id, if any.",
+        help_text="The end user's API key, if any: its id or its prefix (sk_<lookup id>) puts "
+        "the event on that key's usage page; a whole key is kept as its prefix only.",
     )
 
 
@@ -156,7 +157,7 @@ def _body(result: ingestion.IngestResult) -> dict[str, Any]:
                         "service": "ml-llm",
                         "units": 1200,
                         "timestamp": 1795420800,
-                        "key": "k_3f9a",
+                        "key": "sk_4k2m9x7q1z0a",
                     }
                 ]
             },

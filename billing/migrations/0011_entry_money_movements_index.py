@@ -13,6 +13,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # A build that failed half-way leaves an invalid index of that name: drop it first.
+        migrations.RunSQL(
+            "DROP INDEX CONCURRENTLY IF EXISTS entry_money_movements", migrations.RunSQL.noop
+        ),
         AddIndexConcurrently(
             model_name='journalentry',
             index=models.Index(condition=models.Q(('type__in', ['top-up', 'assign', 'reverse', 'move', 'grant', 'deplete', 'expire', 'void', 'chargeback', 'debt', 'reinstate'])), fields=['-id'], name='entry_money_movements'),

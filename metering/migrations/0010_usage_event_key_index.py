@@ -11,6 +11,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # A build that failed half-way leaves an invalid index of that name: drop it first.
+        migrations.RunSQL(
+            "DROP INDEX CONCURRENTLY IF EXISTS usage_event_key", migrations.RunSQL.noop
+        ),
         AddIndexConcurrently(
             model_name="usageevent",
             index=models.Index(

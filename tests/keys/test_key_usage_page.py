@@ -120,3 +120,34 @@ def test_batch_events_naming_the_key_show_on_its_page(client, cast, make_key, to
             'data-testid="key-events"'
             not in client.get(f"/app/keys/{other.uuid}/usage/").content.decode()
         )
+
+
+def test_batch_events_of_one_slug_sold_as_two_types_stay_apart_in_their_units(
+    client, cast, make_key, token_client
+):
+    from metering.models import Service, UsageEvent
+    from tests.metering.test_reservations import priced_service
+
+    key, full = make_key()
+    sim = priced_service("ml-llm", kind="longrun")
+    Service.objects.filter(pk=sim.pk).update(unit_label="second")
+    events = [
+        {"id": str(n), "project": str(cast.alpha.uuid), "service": "ml-llm", "type": kind,
+         "units": units, "timestamp": int(JAN_20.timestamp()) - 60, "key": ref}
+        for n, (kind, units, ref) in enumerate(
+            [("oneshot", 1000, str(key.uuid)), ("longrun", 34, full)]  # the whole key: its prefix
+        )
+    ]  # fmt: skip
+    with time_machine.travel(JAN_20, tick=False):
+        answer = token_client(["usage"]).post(
+            "/api/v1/usage/events", {"events": events}, format="json"
+        )
+        assert {r["status"] for r in answer.json()["results"]} == {"accepted"}
+        assert full not in set(UsageEvent.objects.values_list("key_ref", flat=True))
+        client.force_login(cast.alice)
+        page = client.get(f"/app/keys/{key.uuid}/usage/").content.decode()
+    assert '<td class="num">1,000 units</td>' in page
+    assert (
+        '<small class="muted">long-running</small>' in page
+        and '<td class="num">34 seconds</td>' in page
+    )
