@@ -304,6 +304,11 @@ class PlanState:
     held: Decimal = ZERO  # of which held for jobs in progress (spent or given back later)
 
     @property
+    def remaining(self) -> Decimal:
+        """What is left of the grant, held credits included: its "Left" in the grant table."""
+        return self.left + self.held
+
+    @property
     def renewing(self) -> bool:
         """The period has ended and the renewal sweep has not yet granted the next one."""
         return self.subscription.period_end <= timezone.now()

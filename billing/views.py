@@ -49,6 +49,7 @@ def _errors(form: BudgetForm) -> list[str]:
 def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) -> HttpResponse:
     role = account_selectors.membership_role(user=request.user, lab=lab)
     balance = selectors.lab_balance(lab)
+    members = list(account_selectors.lab_members(actor=request.user, lab=lab))
     context = {
         "lab": lab,
         "role": role,
@@ -57,7 +58,8 @@ def _render_lab(request: HttpRequest, lab: Lab, form: BudgetForm | None = None) 
         "project_total": balance.project_total,
         "budget_operations": BUDGET_OPERATIONS,
         "grants": selectors.grant_list(actor=request.user, lab=lab),
-        "members": account_selectors.lab_members(actor=request.user, lab=lab),
+        "members": members,
+        "owners": sum(1 for membership in members if membership.role == Role.OWNER),
         "roles": Role.choices,
         "invitations": lab.invitations.filter(accepted_at__isnull=True, closed_at__isnull=True),
         "activity": selectors.lab_activity(actor=request.user, lab=lab),

@@ -67,6 +67,7 @@ class ApiKey(TimeStampedModel):
     request_fingerprint = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
+        verbose_name = "API key"
         ordering = ["-created_at", "-id"]
         indexes = [
             # The portal's and the management API's list of a project's keys.

@@ -85,7 +85,7 @@ def _cap_text(key: ApiKey, now: datetime) -> str | None:
     used = credits_display(selectors.key_credit_used(key, now))
     return (
         f"{credits_display(key.credit_limit)}{period}, "
-        f"{used} used {USED_SINCE[key.credit_limit_period]}"
+        f"{used} used {USED_SINCE[key.credit_limit_period]} (open holds included)"
     )
 
 

@@ -130,8 +130,9 @@ class PriceAdmin(admin.ModelAdmin):
         if request.method == "GET" and price is not None and not self._editable(price):
             messages.warning(
                 request,
-                "This price is in effect or was used by a job, so it cannot change: add a new "
-                "price for the service with a later valid-from instead.",
+                "This price's valid-from has passed, or a job used it, so it cannot change: "
+                "usage may have been charged at it. Add a new price for the service with a later "
+                "valid-from instead.",
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -146,16 +147,17 @@ class PriceAdmin(admin.ModelAdmin):
                 request,
                 f"This price will not apply {when}: the one valid from "
                 f"{winner.valid_from:%Y-%m-%d %H:%M} UTC takes precedence (among the prices "
-                "valid at a moment, the latest valid-from wins); it still prices usage posted "
-                "late for the moments it was the latest. To change the price from now on, add a "
-                "price with a later valid-from.",
+                "valid at a moment, the latest valid-from wins); it prices only usage dated "
+                "when it was the latest (usage events may be posted up to 35 days late). To "
+                "change the price from now on, add a price with a later valid-from.",
             )
         elif obj.valid_from < now:
             messages.warning(
                 request,
                 f"This price is valid from {obj.valid_from:%Y-%m-%d %H:%M} UTC, in the past: it "
-                "applies to estimates and reservations from now on; jobs reserved before keep "
-                "the price they were reserved at.",
+                "applies to estimates and reservations from now on, and to usage events dated "
+                "since then, also those already posted and not yet charged; jobs reserved "
+                "before keep the price they were reserved at.",
             )
 
 

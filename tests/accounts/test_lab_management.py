@@ -325,3 +325,13 @@ def test_the_navigation_leads_to_the_account_pages_and_they_lead_to_each_other(c
         assert "Signed in as bob@example.com" in page
         assert 'href="/accounts/email/"' in page and 'href="/accounts/password/change/"' in page
         assert f'href="{url}" aria-current="page"' in page
+
+
+def test_a_labs_only_owner_is_offered_no_leave_or_remove(client, cast):
+    client.force_login(cast.alice)  # Alice Lab's only owner
+    page = client.get(lab_url(cast.lab)).content.decode()
+    alice_row = page.split(f'data-member="{cast.alice.uuid}"')[1].split("</tr>")[0]
+    assert "The only owner: make another owner first." in alice_row
+    assert "Leave lab" not in alice_row
+    bob_row = page.split(f'data-member="{cast.bob.uuid}"')[1].split("</tr>")[0]
+    assert "Remove bob@example.com" in bob_row

@@ -367,8 +367,8 @@ def test_members_see_their_labs_plan_on_the_billing_page_and_outsiders_get_404(c
     assert "Plan: Starter" in page and "Free credits to try things." in page
     assert "10 credits monthly, unused credits expire at the end of each period" in page
     assert (
-        'data-testid="plan-left">7.50</strong> of 10.00 left (and '
-        '<span data-testid="plan-held">2.50</span> held for jobs in progress);'
+        'data-testid="plan-left">10.00</strong> of 10.00 left ('
+        '<span data-testid="plan-held">2.50</span> of it held for jobs in progress);'
     ) in page
     client.force_login(cast.charlie)
     assert client.get(f"/app/labs/{cast.lab.uuid}/billing/").status_code == 404

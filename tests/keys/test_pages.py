@@ -109,7 +109,7 @@ def test_members_see_the_labs_keys_with_usage_and_limits(client, cast, make_key,
         assert "All services: 30 req/min" in row
         assert "ml-llm: 2,500 units/min" in row
         # 0.08 charged and 0.40 still held by the open authorization.
-        assert "Credit cap: 5.00 monthly, 0.48 used this month" in row
+        assert "Credit cap: 5.00 monthly, 0.48 used this month (open holds included)" in row
         assert full not in page
         assert full.split("_", 2)[2] not in page
 

@@ -243,9 +243,10 @@ def test_admin_says_why_a_price_is_read_only_and_warns_of_a_past_start(client, l
     form = price_form(llm, timezone.now() - timedelta(minutes=5), [(0, "", "0", "0.1")])
     saved = client.post("/admin/metering/price/add/", form, follow=True).content.decode()
     assert "in the past: it applies to estimates and reservations from now on" in saved
+    assert "usage events dated since then" in saved
     price = Price.objects.get()
     page = client.get(f"/admin/metering/price/{price.pk}/change/").content.decode()
-    assert "This price is in effect or was used by a job, so it cannot change" in page
+    assert "This price&#x27;s valid-from has passed, or a job used it, so it cannot change" in page
 
 
 @pytest.mark.django_db
