@@ -45,7 +45,6 @@ from metering.selectors import DISCOUNT_SQL, PRICE_ID_SQL, TIERS_SQL, tiers_of
 
 logger = logging.getLogger(__name__)
 
-KEY_SHAPE = API_KEY_SHAPE
 UNITS_MAX = 10**15
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -242,7 +241,7 @@ def _apply_usage(decision: Decision, result: ratelimit.HitResult) -> None:
 def parse_key(raw: object) -> tuple[str, str] | None:
     if not isinstance(raw, str):
         return None
-    match = KEY_SHAPE.fullmatch(raw)
+    match = API_KEY_SHAPE.fullmatch(raw)
     return (match.group(1), match.group(2)) if match else None
 
 
