@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.models import Lab, Project, User
@@ -30,6 +30,8 @@ from billing.errors import (
 from billing.models import (
     AccountType,
     AutoRecharge,
+    EntryType,
+    JournalLine,
     LedgerAccount,
     StripeCustomer,
     TopUp,
@@ -43,6 +45,16 @@ logger = logging.getLogger(__name__)
 # never sent within a day is given up (Stripe forgets idempotency keys after 24 hours).
 RESEND_AFTER = timedelta(minutes=5)
 GIVE_UP_AFTER = timedelta(hours=23)
+# What a lab's spending takes from the target: charges, holds and its own budget moves. Not
+# refunds, disputes, debt repayments, expiries or an operator's depletion: they are not a
+# reason to charge the card again.
+SPENDING = (
+    EntryType.CHARGE,
+    EntryType.RESERVE,
+    EntryType.ASSIGN,
+    EntryType.REVERSE,
+    EntryType.MOVE,
+)
 
 
 @transaction.atomic
@@ -81,6 +93,7 @@ def auto_recharge_set(
             "amount_minor": to_minor(amount, currency=currency),
             "monthly_cap_minor": to_minor(monthly_cap, currency=currency),
             "updated_by": actor,
+            "recharged_after_line": None,  # new settings may pay at once
             **({"consecutive_failures": 0, "disabled_reason": ""} if enabled else {}),
         },
     )
@@ -92,12 +105,26 @@ def auto_recharge_set(
     return setting
 
 
-def _target_balance(setting: AutoRecharge) -> Decimal | None:
+def _target(setting: AutoRecharge) -> tuple[int, Decimal] | None:
+    """The watched account's id and balance."""
     if setting.project_id:
         where = {"type": AccountType.PROJECT, "project_id": setting.project_id}
     else:
         where = {"type": AccountType.LAB, "lab_id": setting.lab_id}
-    return LedgerAccount.objects.filter(**where).values_list("balance", flat=True).first()
+    return LedgerAccount.objects.filter(**where).values_list("pk", "balance").first()
+
+
+def _debited_since_last_recharge(setting: AutoRecharge, account_id: int) -> bool:
+    """Whether the lab spent from the target after the last recharge started (always true if
+    none did since the settings were saved or its payment failed)."""
+    if setting.recharged_after_line is None:
+        return True
+    return JournalLine.objects.filter(
+        account_id=account_id,
+        id__gt=setting.recharged_after_line,
+        amount__lt=0,
+        entry__type__in=SPENDING,
+    ).exists()
 
 
 def month_spent_minor(lab: Lab, *, now: datetime | None = None) -> int:
@@ -113,8 +140,10 @@ def month_spent_minor(lab: Lab, *, now: datetime | None = None) -> int:
 
 
 def recharge_start(*, setting_id: int) -> TopUp | None:
-    """If the target's balance is under the threshold, no payment is in flight and the monthly
-    cap allows it: a pending auto-recharge top-up, and its payment task after commit."""
+    """If the target's balance is under the threshold, a debit came after the last recharge
+    started, no payment is in flight and the monthly cap allows it: a pending auto-recharge
+    top-up, and its payment task after commit. Without the debit rule, a recharge smaller than
+    the gap to the threshold would be paid again at every sweep until the monthly cap."""
     with transaction.atomic():
         setting = (
             AutoRecharge.objects.select_for_update(of=("self",))
@@ -124,8 +153,11 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
         )
         if setting is None:
             return None
-        balance = _target_balance(setting)
-        if balance is None or balance >= setting.threshold:
+        target = _target(setting)
+        if target is None or target[1] >= setting.threshold:
+            return None
+        account_id = target[0]
+        if not _debited_since_last_recharge(setting, account_id):
             return None
         if TopUp.objects.filter(
             lab=setting.lab, kind=TopUpKind.AUTO, status=TopUpStatus.PENDING
@@ -141,6 +173,9 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
             actor=None,
             kind=TopUpKind.AUTO,
         )
+        newest_line = JournalLine.objects.filter(account_id=account_id).aggregate(Max("id"))
+        setting.recharged_after_line = newest_line["id__max"] or 0
+        setting.save(update_fields=["recharged_after_line", "updated_at"])
         from billing import tasks
 
         transaction.on_commit(lambda: tasks.auto_recharge_pay.delay(topup.pk))

@@ -441,8 +441,8 @@ class StripeEvent(models.Model):
 
 class AutoRecharge(TimeStampedModel):
     """A lab's auto-recharge: when a debit takes the target's balance (the lab's own, or one
-    project's budget) under `threshold` credits, pay `amount_minor` with the saved card, at most
-    `monthly_cap_minor` a calendar month (UTC)."""
+    project's budget) under `threshold` credits, pay `amount_minor` with the saved card, once
+    per debit under it at most, and at most `monthly_cap_minor` a calendar month (UTC)."""
 
     lab = models.OneToOneField(Lab, on_delete=models.PROTECT, related_name="auto_recharge")
     project = models.ForeignKey(
@@ -455,6 +455,10 @@ class AutoRecharge(TimeStampedModel):
     monthly_cap_minor = models.PositiveBigIntegerField()
     consecutive_failures = models.PositiveSmallIntegerField(default=0)
     disabled_reason = models.TextField(blank=True)
+    # The target's newest ledger line when the last recharge started: the next one waits for a
+    # debit past it, so a balance a payment left under the threshold is not paid again and again.
+    # Cleared when settings are saved and when that payment fails.
+    recharged_after_line = models.BigIntegerField(null=True, blank=True, editable=False)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

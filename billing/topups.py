@@ -295,7 +295,8 @@ def _auto_recharge_failure_count(topup: TopUp) -> None:
     if setting is None:
         return
     setting.consecutive_failures = F("consecutive_failures") + 1
-    setting.save(update_fields=["consecutive_failures", "updated_at"])
+    setting.recharged_after_line = None  # a failed recharge paid nothing: the next may try
+    setting.save(update_fields=["consecutive_failures", "recharged_after_line", "updated_at"])
     setting.refresh_from_db(fields=["consecutive_failures"])
     if setting.enabled and setting.consecutive_failures >= settings.AUTO_RECHARGE_MAX_FAILURES:
         setting.enabled = False

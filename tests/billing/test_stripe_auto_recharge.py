@@ -181,16 +181,22 @@ def test_the_monthly_cap_stops_recharges(client, cast, stripe_fake):
         topup.refresh_from_db()
         assert intent_paid(client, stripe_fake, topup).status_code == 200
 
+    def spend():  # a debit of the lab's balance (on_commit hooks do not run in this test)
+        services.budget_assign(lab=cast.lab, project=cast.beta, amount="1")
+
     first = auto_recharge.recharge_start(setting_id=setting.pk)
     assert auto_recharge.recharge_start(setting_id=setting.pk) is None  # one in flight
     paid(first)
+    spend()
     declined = auto_recharge.recharge_start(setting_id=setting.pk)
     TopUp.objects.filter(pk=declined.pk).update(status=TopUpStatus.FAILED)  # does not count
+    AutoRecharge.objects.filter(pk=setting.pk).update(recharged_after_line=None)  # as a failure
     second = auto_recharge.recharge_start(setting_id=setting.pk)
     paid(second)
+    spend()
     assert auto_recharge.month_spent_minor(cast.lab) == 10000
     assert auto_recharge.recharge_start(setting_id=setting.pk) is None  # 150 > 100
-    assert lab_balance(cast.lab).balance == Decimal(130)
+    assert lab_balance(cast.lab).balance == Decimal(128)
 
 
 @pytest.mark.django_db
@@ -285,3 +291,43 @@ def test_the_auto_recharge_form_opens_once_a_card_is_saved(client, cast, stripe_
     page = client.get(f"/app/labs/{cast.lab.uuid}/billing/").content.decode()
     assert "Saved payment method: visa •••• 4242." in page
     assert 'data-testid="auto-recharge-form"' in page and "auto-recharge-waits" not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recharge_that_leaves_the_balance_under_the_threshold_waits_for_spending(
+    client, cast, stripe_fake
+):
+    """Recharging 10 toward a threshold of 100 pays once per debit under it, not at every
+    sweep until the monthly cap."""
+    card_saved(client, stripe_fake, cast)  # the lab's balance: 30
+    recharge_on(cast, threshold="100", amount="10", cap="1000", project=None)
+
+    def pay_pending():
+        for topup in TopUp.objects.filter(kind=TopUpKind.AUTO, status=TopUpStatus.PENDING):
+            assert intent_paid(client, stripe_fake, topup).status_code == 200
+
+    pay_pending()  # switching it on paid 10 at once: 40
+    for _ in range(3):
+        assert auto_recharge.auto_recharge_sweep() == 0
+    assert lab_balance(cast.lab).balance == Decimal(40)
+
+    services.budget_assign(lab=cast.lab, project=cast.beta, amount="5")  # spending: pays again
+    pay_pending()
+    assert auto_recharge.auto_recharge_sweep() == 0
+    assert lab_balance(cast.lab).balance == Decimal(45)
+
+    # Taking credits back is not spending: an operator's depletion starts nothing.
+    services.lab_deplete(lab=cast.lab)
+    assert lab_balance(cast.lab).balance == 0
+    assert auto_recharge.auto_recharge_sweep() == 0
+    assert TopUp.objects.filter(kind=TopUpKind.AUTO).count() == 2
+
+    # Saving the settings again may pay at once (it is the owner's fresh decision); a declined
+    # payment paid nothing, so the next sweep tries again without waiting for spending.
+    stripe_fake.decline = True
+    recharge_on(cast, threshold="100", amount="10", cap="1000", project=None)
+    assert TopUp.objects.get(kind=TopUpKind.AUTO, status=TopUpStatus.FAILED)
+    stripe_fake.decline = False
+    assert auto_recharge.auto_recharge_sweep() == 1
+    assert TopUp.objects.filter(kind=TopUpKind.AUTO).count() == 4
+    assert len(stripe_fake.writes("/v1/payment_intents")) == 4
