@@ -163,7 +163,7 @@ SPECTACULAR_SETTINGS = {
         "Billing and accounting for metered services. Errors share one shape: "
         '{"error_code": str, "message": str, "details": any}.'
     ),
-    "VERSION": "1.0.0",
+    "VERSION": APP_VERSION,  # the same as /api/accounting/version says
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -50,3 +50,9 @@ def test_the_accounting_services_utility_routes_answer_as_it_does(client, settin
     assert version == {"app_name": "meterbill", "app_version": "1.2.3", "commit_sha": "abc123"}
     root = client.get("/api/accounting/")
     assert (root.status_code, root["Location"]) == (302, "/api/docs/")
+
+
+def test_the_api_docs_state_the_version_the_version_route_does(client, settings):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    assert schema.json()["info"]["version"] == settings.APP_VERSION
