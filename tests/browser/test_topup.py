@@ -86,3 +86,33 @@ def test_an_owner_sets_a_low_balance_alert_and_removes_it(page, live_server, cas
     row.get_by_role("button", name="Remove").click()
     page.get_by_text("Alert removed.").wait_for()
     assert not BalanceAlert.objects.exists()
+
+
+def test_a_top_up_and_its_receipt_fit_a_phone_screen(phone_page, live_server, cast, offline):
+    """Nothing on the lab's pages widens a phone's screen (a receipt's ids used to)."""
+    page = phone_page
+    sign_in(page, live_server, "alice@example.com")
+    page.goto(f"{live_server.url}/app/labs/{cast.lab.uuid}/billing/")
+    form = page.get_by_test_id("topup-form")
+    form.get_by_label("50 USD").check()
+    form.get_by_role("button", name="Continue to the test checkout").click()
+    page.wait_for_url("**/test-checkout/")
+    page.get_by_role("button", name="Pay (test)").click()
+    page.wait_for_url(f"**/app/labs/{cast.lab.uuid}/billing/")
+    page.get_by_test_id("receipt-link").first.click()
+    assert "50.00 USD" in page.get_by_test_id("receipt").inner_text()
+
+    overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    wide = {}
+    for path in [
+        page.url.removeprefix(live_server.url),
+        f"/app/labs/{cast.lab.uuid}/billing/",
+        f"/app/labs/{cast.lab.uuid}/",
+        f"/app/labs/{cast.lab.uuid}/usage/",
+        "/app/keys/",
+        "/app/",
+    ]:
+        page.goto(f"{live_server.url}{path}")
+        if (extra := page.evaluate(overflow)) > 0:
+            wide[path] = extra
+    assert wide == {}
