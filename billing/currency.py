@@ -114,5 +114,5 @@ def credits_share(credits: Decimal, part_minor: int, total_minor: int) -> Decima
 
 
 def amount_format(minor: int, *, currency: str) -> str:
-    """ "25.00 USD" """
-    return f"{from_minor(minor, currency=currency)} {currency.upper()}"
+    """ "25.00 USD", "1,250.00 USD": the currency's own decimal places, thousands grouped."""
+    return f"{from_minor(minor, currency=currency):,} {currency.upper()}"

@@ -10,7 +10,7 @@ from accounts.models import Lab
 from billing.currency import amount_parse
 from billing.errors import TopUpError
 from billing.topups import amount_check
-from core.money import CREDIT_PLACES, MAX_CREDITS, AmountError, credits_parse
+from core.money import CREDIT_PLACES, MAX_CREDITS, AmountError, credits_parse, ungrouped
 
 
 class CreditsFormField(forms.CharField):
@@ -21,7 +21,7 @@ class CreditsFormField(forms.CharField):
         if value in self.empty_values:
             return value
         try:
-            return credits_parse(value)
+            return credits_parse(ungrouped(value))
         except AmountError as exc:
             raise forms.ValidationError(str(exc)) from exc
 
@@ -59,7 +59,7 @@ def _currency_amount(value: Any) -> Decimal:
     """An amount of TOPUP_CURRENCY within the top-up range, or a form error."""
     currency = settings.TOPUP_CURRENCY
     try:
-        amount = amount_parse(value, currency=currency)
+        amount = amount_parse(ungrouped(str(value)), currency=currency)
         amount_check(amount)
     except (AmountError, TopUpError) as exc:
         raise forms.ValidationError(getattr(exc, "message", str(exc))) from exc
@@ -150,7 +150,8 @@ class AutoRechargeForm(forms.Form):
 
     def clean_monthly_cap(self) -> Decimal:
         try:
-            return amount_parse(self.cleaned_data["monthly_cap"], currency=settings.TOPUP_CURRENCY)
+            cap = ungrouped(self.cleaned_data["monthly_cap"])
+            return amount_parse(cap, currency=settings.TOPUP_CURRENCY)
         except AmountError as exc:
             raise forms.ValidationError(str(exc)) from exc
 

@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken
-from billing.currency import from_minor
+from billing.currency import amount_format, from_minor
 from core.models import TimeStampedModel
 from core.money import MAX_CREDITS, MONEY_FIELD, decimal_plain
 
@@ -422,6 +422,11 @@ class TopUp(TimeStampedModel):
     def amount(self) -> Decimal:
         """What the payer pays, in the currency's units (25.00)."""
         return from_minor(self.amount_minor, currency=self.currency)
+
+    @property
+    def amount_text(self) -> str:
+        """As pages show it: "1,250.00 USD"."""
+        return amount_format(self.amount_minor, currency=self.currency)
 
 
 class StripeEvent(models.Model):

@@ -35,7 +35,7 @@ from billing import (
     test_mode,
     topups,
 )
-from billing.currency import from_minor
+from billing.currency import amount_format, from_minor
 from billing.errors import PaymentProviderError, TopUpError, TopUpNotFoundError
 from billing.forms import AutoRechargeForm, BalanceAlertForm, TopUpForm
 from billing.models import (
@@ -139,8 +139,8 @@ def _render_billing(
         "test_mode": stripe_gateway.test_mode(),
         "payments_off": stripe_gateway.offline() and not stripe_gateway.test_mode(),
         "currency": settings.TOPUP_CURRENCY.upper(),
-        "min_amount": settings.TOPUP_MIN_AMOUNT,
-        "max_amount": settings.TOPUP_MAX_AMOUNT,
+        "min_amount": f"{settings.TOPUP_MIN_AMOUNT:,}",
+        "max_amount": f"{settings.TOPUP_MAX_AMOUNT:,}",
         "credits_per_unit": settings.CREDITS_PER_CURRENCY_UNIT.normalize(),
     }
     return render(request, "app/billing.html", context, status=status)
@@ -241,7 +241,7 @@ def topup_test_checkout(request: HttpRequest, lab_id: str, topup_id: str) -> Htt
         {
             "lab": lab,
             "topup": topup,
-            "amount": from_minor(topup.amount_minor, currency=topup.currency),
+            "amount": amount_format(topup.amount_minor, currency=topup.currency),
         },
     )
 
@@ -255,8 +255,8 @@ def topup_receipt(request: HttpRequest, lab_id: str, topup_id: str) -> HttpRespo
     context = {
         "lab": lab,
         "topup": topup,
-        "amount": from_minor(topup.amount_minor, currency=topup.currency),
-        "refunded": from_minor(topup.refunded_minor, currency=topup.currency),
+        "amount": amount_format(topup.amount_minor, currency=topup.currency),
+        "refunded": amount_format(topup.refunded_minor, currency=topup.currency),
         "test_mode": "_local_" in (topup.stripe_session_id or topup.stripe_payment_intent_id or ""),
     }
     return render(request, "app/billing_receipt.html", context)

@@ -64,9 +64,9 @@ def amount_check(amount: Decimal) -> None:
     low, high = settings.TOPUP_MIN_AMOUNT, settings.TOPUP_MAX_AMOUNT
     currency = settings.TOPUP_CURRENCY.upper()
     if amount < low:
-        raise TopUpError(f"The minimum top-up is {low} {currency}")
+        raise TopUpError(f"The minimum top-up is {low:,} {currency}")
     if amount > high:
-        raise TopUpError(f"The maximum top-up is {high} {currency}")
+        raise TopUpError(f"The maximum top-up is {high:,} {currency}")
 
 
 # Starting a top-up ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@ parsing refuses anything else rather than rounding it silently."""
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 CREDIT_PLACES = 6
@@ -37,6 +38,17 @@ def credits_parse(value: object, *, positive: bool = True) -> Decimal:
     if positive and amount <= 0:
         raise AmountError("Amount must be greater than 0")
     return amount
+
+
+# 1,234 or 12,345,678.5: groups of exactly three digits, as pages show amounts.
+_GROUPED = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+
+
+def ungrouped(text: str) -> str:
+    """Page forms take an amount as pages show it (1,234.50); other commas are left for the
+    parser to refuse ("1,5" is not guessed at). The API takes plain numbers only."""
+    text = text.strip()
+    return text.replace(",", "") if _GROUPED.fullmatch(text) else text
 
 
 def credits_quantize(amount: Decimal) -> Decimal:

@@ -15,7 +15,7 @@ from django import forms
 from accounts import selectors as account_selectors
 from accounts.models import Project, User
 from billing import selectors as billing_selectors
-from core.money import credits_display, decimal_plain
+from core.money import credits_display, decimal_plain, ungrouped
 from keys.errors import KeySettingsError
 from keys.models import ALL_SERVICES, ApiKey, CreditPeriod
 from keys.selectors import key_limits
@@ -186,7 +186,7 @@ class KeyCreateForm(forms.Form):
         return {
             "services": sorted(data["services"]) if some else None,
             "limits": limits,
-            "credit_limit": data.get("credit_limit") or None,
+            "credit_limit": ungrouped(data.get("credit_limit") or "") or None,
             "credit_limit_period": data.get("credit_limit_period", ""),
             "expires_at": data.get("expires_at"),
         }

@@ -74,6 +74,8 @@ def test_owner_assigns_reverses_and_moves(client, funded):
         ({"operation": "assign", "amount": "0"}, "Amount must be greater than 0"),
         ({"operation": "assign", "amount": "-3"}, "Amount must be greater than 0"),
         ({"operation": "assign", "amount": "ten"}, "Amount must be a number"),
+        ({"operation": "assign", "amount": "1,5"}, "Amount must be a number"),  # not guessed at
+        ({"operation": "assign", "amount": "1,000"}, "less than 1000 credits"),  # read as 1000
         ({"operation": "assign", "amount": "1.0000001"}, "at most 6 decimal places"),
         ({"operation": "move", "amount": "1", "to_project": "alpha"}, "Choose another project than the one the credits leave."),
         ({"operation": "move", "amount": "1"}, "Choose the project that receives the credits."),

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.currency import amount_parse, credits_for_minor, from_minor, to_minor
+from billing.currency import amount_format, amount_parse, credits_for_minor, from_minor, to_minor
 from core.money import AmountError
 
 
@@ -47,3 +47,12 @@ def test_part_of_a_payment_never_buys_more_than_all_of_it(settings):
     total = credits_for_minor(1001, currency="usd")
     parts = [credits_for_minor(m, currency="usd") for m in range(0, 1002)]
     assert parts == sorted(parts) and parts[-1] == total
+
+
+@pytest.mark.parametrize(
+    ("currency", "minor", "text"),
+    [("usd", 125000, "1,250.00 USD"), ("usd", 5, "0.05 USD"), ("jpy", 1500000, "1,500,000 JPY"),
+     ("kwd", 1234567, "1,234.567 KWD")],
+)  # fmt: skip
+def test_amounts_show_their_currencys_places_with_thousands_grouped(currency, minor, text):
+    assert amount_format(minor, currency=currency) == text

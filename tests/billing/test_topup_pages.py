@@ -95,7 +95,8 @@ def test_a_project_of_another_lab_is_refused(client, cast, offline):
     ("amount", "error"),
     [
         ("4.99", "The minimum top-up is 5 USD"),
-        ("10000.01", "The maximum top-up is 10000 USD"),
+        ("10000.01", "The maximum top-up is 10,000 USD"),
+        ("10,000.01", "The maximum top-up is 10,000 USD"),
         ("-20", "The minimum top-up is 5 USD"),
         ("abc", "Enter an amount such as 25 or 25.50"),
         ("12,50", "Enter an amount such as 25 or 25.50"),
@@ -130,6 +131,26 @@ def test_limits_come_from_settings(client, cast, offline, settings):
     assert topup_post(client, cast.lab, amount="30.01").status_code == 400
     assert topup_post(client, cast.lab, amount="30").status_code == 302
     assert TopUp.objects.get().amount_minor == 3000
+
+
+@pytest.mark.django_db
+def test_amounts_may_be_typed_as_pages_show_them(client, cast, offline):
+    client.force_login(cast.alice)
+    assert topup_post(client, cast.lab, amount="1,250.50").status_code == 302
+    assert TopUp.objects.get().amount_minor == 125050
+    page = client.get(billing_url(cast.lab)).content.decode()
+    assert "1,250.50 USD" in page and "5 to 10,000" in page
+    recharge = client.post(
+        f"{billing_url(cast.lab)}auto-recharge/",
+        {"enabled": "", "threshold": "1,000", "amount": "1,000", "monthly_cap": "2,000.00"},
+    )
+    assert recharge.status_code == 302
+    setting = AutoRecharge.objects.get()
+    assert (setting.threshold, setting.amount_minor, setting.monthly_cap_minor) == (
+        Decimal(1000),
+        100000,
+        200000,
+    )
 
 
 @pytest.mark.django_db

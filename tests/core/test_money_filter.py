@@ -5,6 +5,8 @@ from decimal import Decimal
 import pytest
 from django.template import Context, Template
 
+from core.money import ungrouped
+
 
 @pytest.mark.parametrize(
     ("amount", "text"),
@@ -31,3 +33,13 @@ from django.template import Context, Template
 def test_credits_are_shown_exactly_with_thousands_separators(amount, text):
     rendered = Template("{% load money %}{{ amount|credits }}").render(Context({"amount": amount}))
     assert rendered == text
+
+
+@pytest.mark.parametrize(
+    ("typed", "read"),
+    [("1,234.50", "1234.50"), (" 12,345,678 ", "12345678"), ("-1,000.5", "-1000.5"),
+     ("1234", "1234"), ("1,5", "1,5"), ("1,23,456", "1,23,456"), ("1,000,00", "1,000,00"),
+     ("", "")],
+)  # fmt: skip
+def test_forms_take_amounts_grouped_as_pages_show_them(typed, read):
+    assert ungrouped(typed) == read

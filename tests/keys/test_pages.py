@@ -137,7 +137,7 @@ def test_creating_a_key_shows_it_once(client, cast, limited_llm):
             "limits.ml-llm.requests_per_minute": "20",
             "limits.ml-llm.units_per_minute": "1000",
         },
-        credit_limit="12.5",
+        credit_limit="1,012.5",  # as pages show amounts
         credit_limit_period="weekly",
         expires_at=(timezone.now() + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M"),
     )
@@ -152,7 +152,7 @@ def test_creating_a_key_shows_it_once(client, cast, limited_llm):
     assert "it will not be shown again" in page
     assert (key.name, key.project, key.created_by) == ("Gateway prod", cast.alpha, cast.bob)
     assert key.services == ["ml-llm"]
-    assert (key.credit_limit, key.credit_limit_period) == (Decimal("12.5"), "weekly")
+    assert (key.credit_limit, key.credit_limit_period) == (Decimal("1012.5"), "weekly")
     assert key.expires_at > timezone.now() + timedelta(days=6)
     assert {
         (limit.service_slug, limit.requests_per_minute, limit.units_per_minute)
@@ -211,6 +211,7 @@ def test_a_limit_looser_than_the_default_is_a_form_error(client, cast, limited_l
         ({"credit_limit": "1.0000001"}, "credit_limit", "at most 6 decimal places"),
         ({"credit_limit": "-1"}, "credit_limit", "Amount must be at least 0"),
         ({"credit_limit": "lots"}, "credit_limit", "Amount must be a number"),
+        ({"credit_limit": "1,5"}, "credit_limit", "Amount must be a number"),  # a decimal comma?
         ({"credit_limit_period": "monthly"}, "credit_limit_period", "A period needs a credit limit."),
         ({"credit_limit_period": "hourly", "credit_limit": "1"}, "credit_limit_period", "Select a valid choice"),
         ({"expires_at": "2001-01-01T00:00"}, "expires_at", "Must be in the future."),
