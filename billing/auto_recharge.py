@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import Lab, Project, User
 from billing import stripe_gateway, topups
-from billing.currency import from_minor, to_minor
+from billing.currency import credits_for_minor, from_minor, to_minor
 from billing.errors import (
     PaymentDeclinedError,
     PaymentProviderError,
@@ -105,18 +105,19 @@ def auto_recharge_set(
     return setting
 
 
-def _target(setting: AutoRecharge) -> tuple[int, Decimal] | None:
-    """The watched account's id and balance."""
+def _target_account_id(setting: AutoRecharge) -> int | None:
+    """The watched account: the lab's own, or one project's budget."""
     if setting.project_id:
         where = {"type": AccountType.PROJECT, "project_id": setting.project_id}
     else:
         where = {"type": AccountType.LAB, "lab_id": setting.lab_id}
-    return LedgerAccount.objects.filter(**where).values_list("pk", "balance").first()
+    return LedgerAccount.objects.filter(**where).values_list("pk", flat=True).first()
 
 
-def _debited_since_last_recharge(setting: AutoRecharge, account_id: int) -> bool:
-    """Whether the lab spent from the target after the last recharge started (always true if
-    none did since the settings were saved or its payment failed)."""
+def _spent_since_last_recharge(setting: AutoRecharge, account_id: int) -> bool:
+    """Whether the lab spent from the target after the last recharge that restored the
+    threshold started (always true when none did since the settings were saved, or its
+    payment failed)."""
     if setting.recharged_after_line is None:
         return True
     return JournalLine.objects.filter(
@@ -140,10 +141,10 @@ def month_spent_minor(lab: Lab, *, now: datetime | None = None) -> int:
 
 
 def recharge_start(*, setting_id: int) -> TopUp | None:
-    """If the target's balance is under the threshold, a debit came after the last recharge
-    started, no payment is in flight and the monthly cap allows it: a pending auto-recharge
-    top-up, and its payment task after commit. Without the debit rule, a recharge smaller than
-    the gap to the threshold would be paid again at every sweep until the monthly cap."""
+    """If the target's balance is under the threshold, the lab spent from it since the last
+    recharge that restored it, no payment is in flight and the monthly cap allows it: a pending
+    auto-recharge top-up (see `_payment_minor` for its size), and its payment task after
+    commit."""
     with transaction.atomic():
         setting = (
             AutoRecharge.objects.select_for_update(of=("self",))
@@ -153,28 +154,34 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
         )
         if setting is None:
             return None
-        target = _target(setting)
-        if target is None or target[1] >= setting.threshold:
+        account_id = _target_account_id(setting)
+        if account_id is None:
             return None
-        account_id = target[0]
-        if not _debited_since_last_recharge(setting, account_id):
+        # The newest line before the balance: a debit committing between the two reads is then
+        # past the mark and counts for the next recharge, rather than lost under it.
+        newest_line = JournalLine.objects.filter(account_id=account_id).aggregate(Max("id"))
+        balance = LedgerAccount.objects.values_list("balance", flat=True).get(pk=account_id)
+        if balance >= setting.threshold or not _spent_since_last_recharge(setting, account_id):
             return None
         if TopUp.objects.filter(
             lab=setting.lab, kind=TopUpKind.AUTO, status=TopUpStatus.PENDING
         ).exists():
             return None
-        if month_spent_minor(setting.lab) + setting.amount_minor > setting.monthly_cap_minor:
+        minor = _payment_minor(setting, balance, month_spent_minor(setting.lab))
+        if minor == 0:
             logger.info("auto-recharge of lab %s: monthly cap reached", setting.lab.uuid)
             return None
         topup = topups.topup_create(
             lab=setting.lab,
             project=setting.project,
-            amount=_amount(setting),
+            amount=from_minor(minor, currency=setting.currency),
             actor=None,
             kind=TopUpKind.AUTO,
         )
-        newest_line = JournalLine.objects.filter(account_id=account_id).aggregate(Max("id"))
-        setting.recharged_after_line = newest_line["id__max"] or 0
+        # Restoring the threshold waits for more spending before paying again; a payment the cap
+        # or the top-up maximum kept short does not (the next check pays the rest, if allowed).
+        restores = balance + topup.credits >= setting.threshold
+        setting.recharged_after_line = (newest_line["id__max"] or 0) if restores else None
         setting.save(update_fields=["recharged_after_line", "updated_at"])
         from billing import tasks
 
@@ -183,8 +190,18 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
     return topup
 
 
-def _amount(setting: AutoRecharge) -> Decimal:
-    return from_minor(setting.amount_minor, currency=setting.currency)
+def _payment_minor(setting: AutoRecharge, balance: Decimal, spent_minor: int) -> int:
+    """The amount, or the smallest whole multiple of it that brings the balance back to the
+    threshold in one payment (a spend of 50 under a threshold of 100 with an amount of 10 pays
+    50 once, not 10 five times); never past the monthly cap or the top-up maximum. 0: the cap
+    allows no payment."""
+    step = setting.amount_minor
+    per_step = credits_for_minor(step, currency=setting.currency)
+    gap = setting.threshold - balance
+    wanted = int((gap / per_step).to_integral_value(ROUND_CEILING)) if per_step > 0 else 1
+    allowed = (setting.monthly_cap_minor - spent_minor) // step
+    largest = to_minor(settings.TOPUP_MAX_AMOUNT, currency=setting.currency) // step
+    return step * max(0, min(max(wanted, 1), allowed, largest))
 
 
 def recharge_pay(*, topup_id: int) -> str | None:

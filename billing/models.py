@@ -445,9 +445,10 @@ class StripeEvent(models.Model):
 
 
 class AutoRecharge(TimeStampedModel):
-    """A lab's auto-recharge: when a debit takes the target's balance (the lab's own, or one
-    project's budget) under `threshold` credits, pay `amount_minor` with the saved card, once
-    per debit under it at most, and at most `monthly_cap_minor` a calendar month (UTC)."""
+    """A lab's auto-recharge: when spending takes the target's balance (the lab's own, or one
+    project's budget) under `threshold` credits, pay `amount_minor` with the saved card (or the
+    smallest multiple of it that restores the threshold), at most `monthly_cap_minor` a
+    calendar month (UTC)."""
 
     lab = models.OneToOneField(Lab, on_delete=models.PROTECT, related_name="auto_recharge")
     project = models.ForeignKey(
@@ -460,9 +461,9 @@ class AutoRecharge(TimeStampedModel):
     monthly_cap_minor = models.PositiveBigIntegerField()
     consecutive_failures = models.PositiveSmallIntegerField(default=0)
     disabled_reason = models.TextField(blank=True)
-    # The target's newest ledger line when the last recharge started: the next one waits for a
-    # debit past it, so a balance a payment left under the threshold is not paid again and again.
-    # Cleared when settings are saved and when that payment fails.
+    # The target's newest ledger line when the last recharge that restores the threshold
+    # started: the next waits for spending past it, so refunds, expiries or an operator's
+    # depletion do not charge the card. Cleared when settings are saved and when a payment fails.
     recharged_after_line = models.BigIntegerField(null=True, blank=True, editable=False)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
