@@ -362,7 +362,6 @@ class UsageRollup(models.Model):
     service = models.ForeignKey(
         Service, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
-    key_ref = models.CharField(max_length=64, blank=True, default="")  # keys, once they exist
     amount = models.DecimalField(default=0, **MONEY_FIELD)
     charges = models.PositiveIntegerField(default=0)
     jobs_closed = models.PositiveIntegerField(default=0)
@@ -372,7 +371,7 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["period", "period_start", "project", "service", "key_ref"],
+                fields=["period", "period_start", "project", "service"],
                 nulls_distinct=False,
                 name="usage_rollup_unique",
             ),

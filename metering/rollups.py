@@ -181,7 +181,7 @@ def _rebuilt(start: datetime, end: datetime) -> int:
             period_start__lt=end.replace(hour=0) + timedelta(days=1),  # the days rebuilt
         )
         .annotate(day=TruncDay("period_start", tzinfo=UTC))
-        .values("day", "project_id", "service_id", "lab_id", "key_ref")
+        .values("day", "project_id", "service_id", "lab_id")
         .annotate(
             total=Sum("amount"), n=Sum("charges"), closed=Sum("jobs_closed"), used=Sum("units"),
             rows=Count("id"),
@@ -198,7 +198,6 @@ def _rebuilt(start: datetime, end: datetime) -> int:
             project_id=row["project_id"],
             service_id=row["service_id"],
             lab_id=row["lab_id"],
-            key_ref=row["key_ref"],
             amount=row["total"],
             charges=row["n"],
             jobs_closed=row["closed"],
