@@ -19,7 +19,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from accounts.models import Lab, Project, User
-from billing import stripe_gateway, topups
+from billing import selectors, stripe_gateway, topups
 from billing.currency import credits_for_minor, from_minor, to_minor
 from billing.errors import (
     PaymentDeclinedError,
@@ -114,10 +114,10 @@ def _target_account_id(setting: AutoRecharge) -> int | None:
     return LedgerAccount.objects.filter(**where).values_list("pk", flat=True).first()
 
 
-def _spent_since_last_recharge(setting: AutoRecharge, account_id: int) -> bool:
-    """Whether the lab spent from the target after the last recharge that restored the
-    threshold started (always true when none did since the settings were saved, or its
-    payment failed)."""
+def _spent_since_mark(setting: AutoRecharge, account_id: int) -> bool:
+    """Whether the lab spent from the target since it was last seen at or above the threshold
+    or a recharge restored it (always true when neither happened since the settings were saved
+    or a payment failed)."""
     if setting.recharged_after_line is None:
         return True
     return JournalLine.objects.filter(
@@ -141,10 +141,10 @@ def month_spent_minor(lab: Lab, *, now: datetime | None = None) -> int:
 
 
 def recharge_start(*, setting_id: int) -> TopUp | None:
-    """If the target's balance is under the threshold, the lab spent from it since the last
-    recharge that restored it, no payment is in flight and the monthly cap allows it: a pending
-    auto-recharge top-up (see `_payment_minor` for its size), and its payment task after
-    commit."""
+    """If the target's balance is under the threshold, the lab spent from it since it was last
+    seen at or above it (or restored), no payment is in flight and the monthly cap allows it:
+    a pending auto-recharge top-up (see `_payment_minor` for its size), and its payment task
+    after commit."""
     with transaction.atomic():
         setting = (
             AutoRecharge.objects.select_for_update(of=("self",))
@@ -158,16 +158,23 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
         if account_id is None:
             return None
         # The newest line before the balance: a debit committing between the two reads is then
-        # past the mark and counts for the next recharge, rather than lost under it.
-        newest_line = JournalLine.objects.filter(account_id=account_id).aggregate(Max("id"))
+        # past the mark and counts as spending, rather than lost under it.
+        newest_line = (
+            JournalLine.objects.filter(account_id=account_id).aggregate(Max("id"))["id__max"] or 0
+        )
         balance = LedgerAccount.objects.values_list("balance", flat=True).get(pk=account_id)
-        if balance >= setting.threshold or not _spent_since_last_recharge(setting, account_id):
+        if balance >= setting.threshold:
+            # Seen above it: what takes it under from here must be spending to be recharged.
+            _mark(setting, newest_line)
+            return None
+        if not _spent_since_mark(setting, account_id):
             return None
         if TopUp.objects.filter(
             lab=setting.lab, kind=TopUpKind.AUTO, status=TopUpStatus.PENDING
         ).exists():
             return None
-        minor = _payment_minor(setting, balance, month_spent_minor(setting.lab))
+        owed = selectors.lab_debt(lab=setting.lab)  # the payment repays it first
+        minor = _payment_minor(setting, balance - owed, month_spent_minor(setting.lab))
         if minor == 0:
             logger.info("auto-recharge of lab %s: monthly cap reached", setting.lab.uuid)
             return None
@@ -178,11 +185,10 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
             actor=None,
             kind=TopUpKind.AUTO,
         )
-        # Restoring the threshold waits for more spending before paying again; a payment the cap
-        # or the top-up maximum kept short does not (the next check pays the rest, if allowed).
-        restores = balance + topup.credits >= setting.threshold
-        setting.recharged_after_line = (newest_line["id__max"] or 0) if restores else None
-        setting.save(update_fields=["recharged_after_line", "updated_at"])
+        # Restored: the next waits for spending. Kept short by the cap or the top-up maximum:
+        # the next check pays the rest, if the cap allows.
+        restores = balance - owed + topup.credits >= setting.threshold
+        _mark(setting, newest_line if restores else None)
         from billing import tasks
 
         transaction.on_commit(lambda: tasks.auto_recharge_pay.delay(topup.pk))
@@ -190,18 +196,28 @@ def recharge_start(*, setting_id: int) -> TopUp | None:
     return topup
 
 
+def _mark(setting: AutoRecharge, line_id: int | None) -> None:
+    if setting.recharged_after_line != line_id:
+        setting.recharged_after_line = line_id
+        setting.save(update_fields=["recharged_after_line", "updated_at"])
+
+
 def _payment_minor(setting: AutoRecharge, balance: Decimal, spent_minor: int) -> int:
-    """The amount, or the smallest whole multiple of it that brings the balance back to the
-    threshold in one payment (a spend of 50 under a threshold of 100 with an amount of 10 pays
-    50 once, not 10 five times); never past the monthly cap or the top-up maximum. 0: the cap
-    allows no payment."""
+    """The amount, or the smallest whole multiple of it whose credits bring `balance` back to
+    the threshold in one payment (a spend of 50 under a threshold of 100 with an amount of 10
+    pays 50 once, not 10 five times); never past the monthly cap or the top-up maximum. 0: the
+    cap allows no payment."""
     step = setting.amount_minor
     per_step = credits_for_minor(step, currency=setting.currency)
     gap = setting.threshold - balance
     wanted = int((gap / per_step).to_integral_value(ROUND_CEILING)) if per_step > 0 else 1
+    wanted = max(wanted, 1)
+    while per_step > 0 and credits_for_minor(wanted * step, currency=setting.currency) < gap:
+        wanted += 1  # the credits of a sum may round below the sum of rounded credits
     allowed = (setting.monthly_cap_minor - spent_minor) // step
-    largest = to_minor(settings.TOPUP_MAX_AMOUNT, currency=setting.currency) // step
-    return step * max(0, min(max(wanted, 1), allowed, largest))
+    # At least one: an amount above a lowered maximum is refused by topup_create, by name.
+    largest = max(int(settings.TOPUP_MAX_AMOUNT // from_minor(step, currency=setting.currency)), 1)
+    return step * max(0, min(wanted, allowed, largest))
 
 
 def recharge_pay(*, topup_id: int) -> str | None:

@@ -461,9 +461,10 @@ class AutoRecharge(TimeStampedModel):
     monthly_cap_minor = models.PositiveBigIntegerField()
     consecutive_failures = models.PositiveSmallIntegerField(default=0)
     disabled_reason = models.TextField(blank=True)
-    # The target's newest ledger line when the last recharge that restores the threshold
-    # started: the next waits for spending past it, so refunds, expiries or an operator's
-    # depletion do not charge the card. Cleared when settings are saved and when a payment fails.
+    # The target's newest ledger line when its balance was last seen at or above the threshold,
+    # or a recharge that restores it started: the next recharge waits for spending past it, so
+    # refunds, expiries or an operator's depletion alone do not charge the card. Cleared when
+    # settings are saved and when a payment fails.
     recharged_after_line = models.BigIntegerField(null=True, blank=True, editable=False)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"

@@ -14,8 +14,9 @@ from billing import auto_recharge, recharge_trigger, services, topups
 from billing.charges import usage_charge
 from billing.errors import TopUpError
 from billing.models import AutoRecharge, StripeCustomer, TopUp, TopUpKind, TopUpStatus
-from billing.selectors import lab_balance
+from billing.selectors import lab_balance, lab_debt
 from tests.billing import stripe_fake as sf
+from tests.billing.test_stripe_refunds import refund_event
 from tests.billing.test_stripe_webhook import start
 
 
@@ -372,3 +373,32 @@ def test_spending_that_commits_while_a_recharge_starts_counts_for_the_next(
     pay_pending(client, stripe_fake)
     assert lab_balance(cast.lab).balance == Decimal(20)  # the other spend took it under again
     assert auto_recharge.auto_recharge_sweep() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_recharge_also_covers_the_debt_it_repays_first(client, cast, stripe_fake):
+    """A payment repays the lab's debt before anything else: sized on the gap alone, it left
+    the project under the threshold for good (found by review)."""
+    first = card_saved(client, stripe_fake, cast)
+    services.budget_assign(lab=cast.lab, project=cast.alpha, amount="30")
+    usage_charge(project=cast.alpha, amount=Decimal("30"))  # Alpha: 0
+    refund_event(client, stripe_fake, first, refunded_minor=3000)  # the 30 spent is now owed
+    assert lab_debt(lab=cast.lab) == Decimal(30)
+    recharge_on(cast, threshold="20", amount="10", cap="1000", project="alpha")
+    pay_pending(client, stripe_fake)
+    assert auto_paid_minor() == [5000]  # 30 of debt and 20 of gap
+    assert (lab_debt(lab=cast.lab), project_balance(cast, "Alpha")) == (0, Decimal(20))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_balance_lowered_by_no_spending_waits_for_spending(client, cast, stripe_fake):
+    """Seen at or above the threshold, a balance an operator or an expiry takes under it is not
+    recharged until the lab spends."""
+    card_saved(client, stripe_fake, cast)  # the lab's balance: 30
+    recharge_on(cast, threshold="20", amount="10", cap="1000", project=None)  # seen at 30
+    services.lab_deplete(lab=cast.lab)
+    assert auto_recharge.auto_recharge_sweep() == 0 and auto_paid_minor() == []
+    services.lab_top_up(lab=cast.lab, amount="5")
+    services.budget_assign(lab=cast.lab, project=cast.beta, amount="1")  # spending: 4
+    pay_pending(client, stripe_fake)
+    assert (auto_paid_minor(), lab_balance(cast.lab).balance) == ([2000], Decimal(24))
