@@ -90,9 +90,15 @@ def project_accounts_open(*, project: Project) -> tuple[LedgerAccount, LedgerAcc
     reservation, _ = LedgerAccount.objects.get_or_create(
         type=AccountType.RESERVATION,
         project=project,
-        defaults={"lab_id": project.lab_id, "name": f"{project.name}/RESERVATION"},
+        defaults={"lab_id": project.lab_id, "name": _account_name(project.name, "/RESERVATION")},
     )
     return budget, reservation
+
+
+def _account_name(name: str, suffix: str) -> str:
+    """`name` + `suffix`, the name cut to fit the column (a project's may use all of its own)."""
+    room = LedgerAccount._meta.get_field("name").max_length - len(suffix)
+    return f"{name[:room]}{suffix}"
 
 
 # Idempotency ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ class DecimalJSONParser(JSONParser):
             data = json.loads(text, parse_float=Decimal)
             self.check(text, data)
             return data
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, LookupError, RecursionError) as exc:  # LookupError: charset=base64
             reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise exceptions.ParseError(f"JSON parse error - {reason}") from exc
 
@@ -37,5 +37,11 @@ class UnicodeJSONParser(DecimalJSONParser):
     input in its 422 details, and no answer or database can hold such a string."""
 
     def check(self, text: str, data: Any) -> None:
-        if _SURROGATE_ESCAPE.search(text):  # a pair is fine; a lone half cannot be encoded
-            json.dumps(data, ensure_ascii=False, default=str).encode()
+        lone_surrogate_check(text, data)
+
+
+def lone_surrogate_check(text: str, data: Any) -> None:
+    """UnicodeEncodeError (a ValueError) when the JSON `text` parsed into `data` holds a lone
+    surrogate: a pair is fine; a lone half cannot be encoded."""
+    if _SURROGATE_ESCAPE.search(text):
+        json.dumps(data, ensure_ascii=False, default=str).encode()

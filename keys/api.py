@@ -31,6 +31,7 @@ from accounts.authentication import (
 from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
 from core.accounting import StrictSerializer, UUIDField
+from core.parsers import lone_surrogate_check
 from keys.authorize import (
     UNITS_MAX,
     Code,
@@ -249,7 +250,10 @@ def _json_body(request: HttpRequest) -> Any:
     if request.content_type != "application/json":
         raise exceptions.UnsupportedMediaType(request.META.get("CONTENT_TYPE", ""))
     try:
-        return json.loads(raw.decode(request.encoding or "utf-8"), parse_constant=_no_constant)
+        text = raw.decode(request.encoding or "utf-8")
+        data = json.loads(text, parse_constant=_no_constant)
+        lone_surrogate_check(text, data)  # no answer can echo one
+        return data
     except (ValueError, LookupError, RecursionError) as exc:  # also charset=base64, [[[[...
         raise exceptions.ParseError(f"JSON parse error - {exc}") from None
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ErrorDetail
 from rest_framework.request import Request
@@ -19,7 +19,7 @@ from accounts import selectors as account_selectors
 from accounts.errors import LabNotFoundError
 from accounts.models import Lab
 from billing.api import AccountingTokenView, GlobalTokenView
-from core.accounting import StrictSerializer, UUIDField, envelope, enveloped
+from core.accounting import CreditsField, StrictSerializer, UUIDField, envelope, enveloped
 from core.money import credits_format_cents
 from metering import reservations, selectors, services
 from metering.constants import (
@@ -380,7 +380,19 @@ class ReleaseView(AccountingTokenView):
     kind = ServiceType.ONESHOT
     message = "Oneshot reservation has been released"
 
-    @extend_schema(responses=enveloped("ReleaseOut"), tags=["accounting: reservations"])
+    @extend_schema(
+        # A DELETE is documented as a 204 unless told: this one answers 200 with the release.
+        responses={
+            200: enveloped(
+                "ReleaseOut",
+                inline_serializer(
+                    name="Released",
+                    fields={"job_id": UUIDField(), "amount": CreditsField(positive=False)},
+                ),
+            )
+        },
+        tags=["accounting: reservations"],
+    )
     def delete(self, request: Request, job_id: str) -> Response:
         key = self.path_uuid(job_id, "job_id")
         visible = account_selectors.project_list(actor=self.token)

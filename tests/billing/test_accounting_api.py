@@ -6,7 +6,7 @@ import pytest
 
 from accounts.models import Lab, Project
 from billing import services
-from billing.models import JournalEntry
+from billing.models import JournalEntry, LedgerAccount
 
 VLAB = "1b3c5d7e-0000-4000-8000-000000000001"
 PROJ = "1b3c5d7e-0000-4000-8000-000000000002"
@@ -303,5 +303,21 @@ def test_include_projects_takes_the_references_boolean_words(funded, flag, liste
     assert ("projects" in body["data"]) is listed
     assert (
         funded.get(f"/api/accounting/balance/virtual-lab/{VLAB}?include_projects=maybe").status_code
+        == 422
+    )
+
+
+def test_a_project_name_of_the_full_length_opens_its_accounts(funded):
+    """Its reservation account is named after it plus a suffix: a name of 189-200 characters
+    was a 500 (found by tests/api/test_fuzz.py)."""
+    project_id = str(uuid.uuid4())
+    body = {"id": project_id, "name": "x" * 200, "vlab_id": VLAB}
+    assert post(funded, "account/project", body).status_code == 201
+    names = LedgerAccount.objects.filter(project__uuid=project_id).values_list("name", flat=True)
+    assert sorted(len(name) for name in names) == [200, 200]
+    assert (
+        post(
+            funded, "account/project", {**body, "id": str(uuid.uuid4()), "name": "x" * 201}
+        ).status_code
         == 422
     )
