@@ -15,6 +15,7 @@ from rest_framework import serializers
 from rest_framework.decorators import (
     api_view,
     authentication_classes,
+    parser_classes,
     permission_classes,
 )
 from rest_framework.request import Request
@@ -25,6 +26,7 @@ from accounts.models import Scope, ServiceToken
 from accounts.permissions import token_scope_required
 from core.accounting import UUIDField
 from core.errors import InvalidRequestError
+from core.parsers import DecimalJSONParser
 from metering import ingestion
 from metering.models import ServiceType, UsageEventOutcome
 
@@ -167,6 +169,9 @@ def _body(result: ingestion.IngestResult) -> dict[str, Any]:
 @api_view(["POST"])
 @authentication_classes([ServiceTokenAuthentication])
 @permission_classes([token_scope_required(Scope.USAGE)])
+# Not the default UnicodeJSONParser: an event with a lone surrogate is one rejected event (the
+# ingestion checks each), not a refused batch.
+@parser_classes([DecimalJSONParser])
 def usage_events(request: Request) -> Response:
     data = request.data
     if not isinstance(data, dict) or "events" not in data:
