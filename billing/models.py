@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Lab, Project, ServiceToken
-from billing.currency import amount_format, from_minor
+from billing.currency import amount_format
 from core.models import TimeStampedModel
 from core.money import MAX_CREDITS, MONEY_FIELD, decimal_plain
 
@@ -417,11 +417,6 @@ class TopUp(TimeStampedModel):
         if self.dispute_status in DISPUTE_LABELS:
             return DISPUTE_LABELS[self.dispute_status]
         return "dispute inquiry" if self.dispute_status.startswith("warning_") else "disputed"
-
-    @property
-    def amount(self) -> Decimal:
-        """What the payer pays, in the currency's units (25.00)."""
-        return from_minor(self.amount_minor, currency=self.currency)
 
     @property
     def amount_text(self) -> str:
